@@ -1,0 +1,1 @@
+"""Data sets the book makes itself, from installed packages only: no downloads."""
