@@ -1,0 +1,61 @@
+"""Keep the website self-contained: every asset a page loads comes from the site itself.
+
+The book must work offline, and the browser check fails on any request to another host.
+Two things in our sources would otherwise reach out to the internet:
+
+* the "Open in Colab" badge at the top of every notebook is an image hosted by Colab. In a
+  notebook (Colab, Jupyter, GitHub) that is what people expect; on the website we swap in
+  the copy under ``book/_static`` — the link itself still goes to Colab;
+* any other remote image in a page. Those are reported as warnings, which ``-W`` turns into
+  build errors, so a remote asset can never slip into the site unnoticed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from docutils import nodes
+from sphinx.application import Sphinx
+from sphinx.util import logging
+
+logger = logging.getLogger(__name__)
+
+COLAB_BADGE_URL = "https://colab.research.google.com/assets/colab-badge.svg"
+LOCAL_BADGE = "/book/_static/colab-badge.svg"
+# Tags that make the browser fetch something as soon as the page loads.
+_REMOTE_ASSET = re.compile(
+    r"""<(?:script|img|iframe|source|audio|video)\b[^>]*\bsrc=["'](https?:)?//"""
+    r"""|<link\b[^>]*\brel=["'](?:stylesheet|preload|icon|modulepreload)["'][^>]*\bhref=["'](https?:)?//""",
+    re.IGNORECASE,
+)
+
+
+def _localise_images(app: Sphinx, doctree: nodes.document) -> None:
+    for image in doctree.findall(nodes.image):
+        uri = image.get("uri", "")
+        if uri == COLAB_BADGE_URL:
+            image["uri"] = LOCAL_BADGE
+            image["candidates"] = {"*": LOCAL_BADGE.lstrip("/")}
+        elif "://" in uri:
+            logger.warning("remote image %s: the site must serve its own copy", uri,
+                           location=image)
+
+
+def _check_built_pages(app: Sphinx, exception: Exception | None) -> None:
+    if exception is not None or app.builder.format != "html":
+        return
+    for page in sorted(Path(app.outdir).rglob("*.html")):
+        text = page.read_text(encoding="utf-8", errors="replace")
+        match = _REMOTE_ASSET.search(text)
+        if match:
+            snippet = text[match.start(): match.start() + 160].replace("\n", " ")
+            logger.warning("%s loads a remote asset: %s",
+                           page.relative_to(app.outdir), snippet)
+
+
+def setup(app: Sphinx) -> dict:
+    # Before Sphinx's own image collector (priority 500) looks at the URIs.
+    app.connect("doctree-read", _localise_images, priority=100)
+    app.connect("build-finished", _check_built_pages)
+    return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1.0"}
