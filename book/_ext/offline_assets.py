@@ -54,8 +54,22 @@ def _check_built_pages(app: Sphinx, exception: Exception | None) -> None:
                            page.relative_to(app.outdir), snippet)
 
 
+def _dedupe_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    """Drop repeated script tags (sphinx-thebe registers its inline config twice under
+    Jupyter Book, and the second ``const THEBE_JS_URL`` is a JavaScript error)."""
+    seen, unique = set(), []
+    for script in context.get("script_files", []):
+        attributes = getattr(script, "attributes", {})
+        key = (getattr(script, "filename", None) or "", tuple(sorted(attributes.items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(script)
+    context["script_files"] = unique
+
+
 def setup(app: Sphinx) -> dict:
     # Before Sphinx's own image collector (priority 500) looks at the URIs.
     app.connect("doctree-read", _localise_images, priority=100)
+    app.connect("html-page-context", _dedupe_scripts, priority=900)
     app.connect("build-finished", _check_built_pages)
     return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1.0"}
