@@ -38,7 +38,9 @@ def repository() -> tuple[str, str]:
 def colab_url(notebook: Path) -> str:
     url, branch = repository()
     github = url.removeprefix("https://github.com/")
-    relative = notebook.resolve().relative_to(ROOT).as_posix()
+    path = notebook.resolve()
+    # A notebook outside the repository (a test's copy) is addressed as if it were in chapters/.
+    relative = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else f"chapters/{path.name}"
     return f"https://colab.research.google.com/github/{github}/blob/{branch}/{relative}"
 
 

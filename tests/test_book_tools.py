@@ -1,0 +1,149 @@
+"""The book's own machinery: set-up cells, notebook hygiene, the offline-site guard."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+notebooks_tool = _load("notebooks_tool", ROOT / "tools" / "notebooks.py")
+CHAPTERS = notebooks_tool.chapter_notebooks()
+
+
+def _setup_cell_sources() -> list[tuple[str, str]]:
+    found = [(p.name, notebooks_tool._source(json.loads(p.read_text())["cells"][1])) for p in CHAPTERS]
+    return found or [("(template)", notebooks_tool.setup_source())]
+
+
+def _run_setup_cell(source: str, monkeypatch, in_colab: bool) -> list:
+    """Execute a set-up cell with subprocess.run recorded instead of run."""
+    calls = []
+    fake_subprocess = types.ModuleType("subprocess")
+    fake_subprocess.run = lambda *args, **kwargs: calls.append((args, kwargs))
+    monkeypatch.setitem(sys.modules, "subprocess", fake_subprocess)
+    if in_colab:
+        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    else:
+        monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    exec(compile(source, "<setup cell>", "exec"), {})
+    return calls
+
+
+@pytest.mark.parametrize("name,source", _setup_cell_sources())
+def test_setup_cell_installs_the_package_inside_colab(name, source, monkeypatch):
+    calls = _run_setup_cell(source, monkeypatch, in_colab=True)
+    assert len(calls) == 1, f"{name}: expected one pip call in Colab, got {calls}"
+    (argv,), kwargs = calls[0]
+    url, branch = notebooks_tool.repository()
+    assert argv[:4] == [sys.executable, "-m", "pip", "install"]
+    assert argv[-1] == f"transformer-book[reference] @ git+{url}@{branch}"
+    assert kwargs == {"check": True}
+
+
+@pytest.mark.parametrize("name,source", _setup_cell_sources())
+def test_setup_cell_is_a_no_op_outside_colab(name, source, monkeypatch):
+    assert _run_setup_cell(source, monkeypatch, in_colab=False) == []
+
+
+def _minimal_notebook(path: Path) -> dict:
+    return {
+        "nbformat": 4, "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}},
+        "cells": [
+            {"cell_type": "markdown", "id": "title", "metadata": {},
+             "source": f"# Chapter 99: A test\n\n{notebooks_tool.badge_line(path)}"},
+            {"cell_type": "code", "id": "setup", "metadata": {"tags": ["setup"]}, "outputs": [],
+             "execution_count": None, "source": notebooks_tool.setup_source()},
+            {"cell_type": "code", "id": "body", "metadata": {}, "outputs": [],
+             "execution_count": None, "source": "x = 1"},
+        ],
+    }
+
+
+def test_hygiene_accepts_a_clean_notebook_and_names_each_problem(tmp_path):
+    path = tmp_path / "99_test_chapter.ipynb"
+    clean = _minimal_notebook(path)
+    path.write_text(json.dumps(clean))
+    assert notebooks_tool.problems(path) == []
+
+    dirty = copy.deepcopy(clean)
+    dirty["cells"][2]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "1"}]
+    dirty["cells"][2]["execution_count"] = 3
+    dirty["cells"][0]["source"] = "# Chapter 99: A test"  # badge gone
+    dirty["cells"][1]["source"] = "import sys"  # set-up cell edited by hand
+    dirty["metadata"]["kernelspec"]["name"] = "my-env"
+    dirty["metadata"]["widgets"] = {"state": {}}
+    path.write_text(json.dumps(dirty))
+    found = "\n".join(notebooks_tool.problems(path))
+    for expected in ["cell 2 has committed outputs", "cell 2 has an execution count",
+                     "cell 0 lacks the Colab badge", "cell 1 is not the current set-up cell",
+                     "kernelspec", "widget state"]:
+        assert expected in found, f"missing {expected!r} in:\n{found}"
+
+
+def test_stamp_adds_badge_and_setup_cell_idempotently(tmp_path):
+    path = tmp_path / "98_stamp_me.ipynb"
+    nb = _minimal_notebook(path)
+    nb["cells"] = [
+        {"cell_type": "markdown", "id": "t", "metadata": {}, "source": "# Chapter 98: Stamp me\n\nIntro."},
+        {"cell_type": "code", "id": "c", "metadata": {}, "outputs": [{"output_type": "stream", "name": "stdout", "text": "x"}],
+         "execution_count": 1, "source": "print('x')"},
+    ]
+    path.write_text(json.dumps(nb))
+    notebooks_tool.stamp(path)
+    once = path.read_text()
+    notebooks_tool.stamp(path)
+    assert path.read_text() == once
+    assert notebooks_tool.problems(path) == []
+    cells = json.loads(once)["cells"]
+    assert notebooks_tool.badge_line(path) in notebooks_tool._source(cells[0])
+    assert "Intro." in notebooks_tool._source(cells[0])
+    assert cells[2]["outputs"] == []
+
+
+def test_every_chapter_notebook_is_clean():
+    found = [m for p in CHAPTERS for m in notebooks_tool.problems(p)]
+    assert found == []
+
+
+def test_toc_lists_only_pages_that_exist():
+    import yaml
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]] + [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    missing = [f for f in files if not any((ROOT / f).with_suffix(s).exists() for s in (".md", ".ipynb"))]
+    assert missing == []
+    listed = {f for f in files if f.startswith("chapters/")}
+    unlisted = [p.stem for p in CHAPTERS if f"chapters/{p.stem}" not in listed]
+    assert unlisted == [], "every chapter notebook must be in _toc.yml"
+
+
+def test_offline_guard_flags_remote_assets_but_not_links():
+    ext = _load("offline_assets", ROOT / "book" / "_ext" / "offline_assets.py")
+    assert ext._REMOTE_ASSET.search('<script src="https://cdn.example.org/x.js"></script>')
+    assert ext._REMOTE_ASSET.search("<img src='//cdn.example.org/x.png'>")
+    assert ext._REMOTE_ASSET.search('<link rel="stylesheet" href="https://fonts.example.com/a.css">')
+    assert not ext._REMOTE_ASSET.search('<a href="https://colab.research.google.com/github/x">Colab</a>')
+    assert not ext._REMOTE_ASSET.search('<script src="../_static/vendor/require.js"></script>')
+
+
+def test_vendored_javascript_is_pinned_and_hashed():
+    manifest = json.loads((ROOT / "book" / "vendor.json").read_text())
+    for pkg in manifest["packages"]:
+        assert pkg["version"][0].isdigit(), pkg
+        assert len(pkg["sha256"]) == 64, f"{pkg['name']} has no recorded sha256"
