@@ -12,6 +12,7 @@ Two things in our sources would otherwise reach out to the internet:
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -64,12 +65,25 @@ def _dedupe_scripts(app: Sphinx, pagename: str, templatename: str, context: dict
         if key not in seen:
             seen.add(key)
             unique.append(script)
+    # The widget manager is an AMD module: require.js computes its URL (and so the URL of the
+    # fonts it loads) from the module name, relative to the page. Map the name to our copy.
+    vendor = context["pathto"]("_static/vendor/", 1)
+    for i, script in enumerate(unique):
+        if (getattr(script, "filename", None) or "").endswith("html-manager/dist/embed-amd.js"):
+            attributes = dict(script.attributes, **{"data-jupyter-widgets-cdn": vendor})
+            unique[i] = type(script)(script.filename, priority=script.priority, **attributes)
+            paths = {"@jupyter-widgets/html-manager/dist": vendor + "@jupyter-widgets/html-manager/dist"}
+            config = f"require.config({{paths: {json.dumps(paths)}}});"
+            unique.insert(i, type(script)(None, priority=script.priority, body=config))
+            break
     context["script_files"] = unique
 
 
 def setup(app: Sphinx) -> dict:
     # Before Sphinx's own image collector (priority 500) looks at the URIs.
     app.connect("doctree-read", _localise_images, priority=100)
+    # Before MathJax's config and the widget manager (default priority 500).
+    app.add_js_file("mathjax2-shim.js", priority=100)
     app.connect("html-page-context", _dedupe_scripts, priority=900)
     app.connect("build-finished", _check_built_pages)
     return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1.0"}
