@@ -79,11 +79,25 @@ def check_page(page, url: str, shot: Path | None) -> list[str]:
     return problems
 
 
+def write_junit(path: Path, results: list[tuple[str, list[str]]]) -> None:
+    import xml.etree.ElementTree as ET
+
+    suite = ET.Element("testsuite", name="browser-check", tests=str(len(results)),
+                       failures=str(sum(bool(p) for _, p in results)), errors="0", skipped="0")
+    for page, problems in results:
+        case = ET.SubElement(suite, "testcase", classname="browser_check", name=page)
+        if problems:
+            ET.SubElement(case, "failure", message=problems[0]).text = "\n".join(problems)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("site", nargs="?", type=Path, default=ROOT / "_build" / "html")
     parser.add_argument("--screenshots", type=Path, default=ROOT / "_build" / "screenshots")
     parser.add_argument("--only", default="", help="check only pages whose path contains this")
+    parser.add_argument("--junit", type=Path, help="also write the results as a JUnit XML report")
     args = parser.parse_args(argv)
     site = args.site.resolve()
     pages = sorted(p for p in site.rglob("*.html")
@@ -95,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     server, base = serve(site)
     failures = 0
     blocked: list[str] = []
+    results: list[tuple[str, list[str]]] = []
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
@@ -121,9 +136,12 @@ def main(argv: list[str] | None = None) -> int:
                 for p in problems:
                     print(f"    {p}")
                 failures += bool(problems)
+                results.append((rel, problems))
             browser.close()
     finally:
         server.shutdown()
+    if args.junit:
+        write_junit(args.junit, results)
     print(f"browser check: {len(pages) - failures} passed, {failures} failed "
           f"(screenshots in {args.screenshots.relative_to(ROOT) if args.screenshots.is_relative_to(ROOT) else args.screenshots})")
     return 1 if failures else 0

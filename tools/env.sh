@@ -13,7 +13,7 @@ if [ ! -x "$_root/.venv/bin/python" ]; then
     _py="$(command -v python3.11 || command -v python3)"
     echo "[env] creating .venv with $($_py --version)"
     "$_py" -m venv "$_root/.venv"
-    "$_root/.venv/bin/python" -m pip install --quiet --upgrade pip
+    "$_root/.venv/bin/python" -m pip install --quiet --upgrade pip "setuptools>=68" wheel
 fi
 # shellcheck disable=SC1091
 source "$_root/.venv/bin/activate"

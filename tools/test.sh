@@ -29,5 +29,5 @@ step "unit tests" python -m pytest tests -n 2 --dist loadscope -p no:cacheprovid
 step "notebooks (nbval)" python -m pytest chapters --nbval-lax -n 2 --dist loadscope \
     -p no:cacheprovider --nbval-cell-timeout=600 --junitxml="$reports/nbval.xml" -q
 step "website build (-W)" bash tools/build.sh
-step "browser check" python tools/browser_check.py _build/html
+step "browser check" python tools/browser_check.py _build/html --junit "$reports/browser.xml"
 python tools/summary.py "$reports" "$(( $(date +%s) - t_all ))"
