@@ -1,0 +1,798 @@
+"""Check a learner's function against a reference and print a short verdict.
+
+Every chapter's checkers (``transformer_book.exercises.chNN``) are thin wrappers around
+:func:`check_function`::
+
+    from transformer_book.exercises.core import Case, check_function
+
+    def check_softmax_t(fn):
+        cases = [Case(args=(torch.tensor([1.0, 2.0]), 1.0), label="two logits, t=1",
+                      hint="Divide the logits by t before the exponential.")]
+        return check_function(fn, reference=_softmax_t_reference, cases=cases,
+                              exercise="ex-01-softmax-temperature")
+
+What a learner sees is the printed verdict; its first line always reads
+
+    ``<exercise> · <function>: PASSED (n/n cases)``
+    ``<exercise> · <function>: FAILED (k/n cases passed)``
+    ``<exercise> · <function>: not done yet — ...``
+
+(``python -m transformer_book.classroom grade`` reads these lines). A failed case shows its
+input (shapes, dtypes and a few values), what was expected, what came back, and one hint.
+Never a traceback: an exception is shown as its type, its message and the learner's line.
+
+The learner's function is called on deep copies of each case's arguments (so a function that
+writes into its input cannot corrupt the checker's cases), in a worker thread with a time limit.
+A function that runs past the limit is stopped by raising an exception inside that thread
+(``PyThreadState_SetAsyncExc``). That stops any loop written in Python; it cannot stop a thread
+stuck inside one long C call (one enormous matrix product, a blocking read) — the verdict says
+so, and that thread finishes in the background.
+
+:func:`check_function` returns a :class:`CheckReport`. It prints the verdict itself; in Jupyter
+the report, as the last expression of the check cell, displays nothing more (no second copy),
+and displayed again in a later cell it prints the verdict again. ``repr(report)`` is one line.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import inspect
+import linecache
+import math
+import os
+import sys
+import sysconfig
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+__all__ = [
+    "Case",
+    "CaseResult",
+    "CheckReport",
+    "check_function",
+    "compare_values",
+    "summarize",
+]
+
+PASSED, FAILED, NOT_DONE = "passed", "failed", "not done"
+_MISSING = object()
+# How long a stopped function gets to unwind after the exception is injected into its thread.
+_STOP_GRACE_S = 1.0
+
+
+@dataclass(frozen=True)
+class Case:
+    """One call of the learner's function: ``fn(*args, **kwargs)``.
+
+    ``label`` names the case in the verdict ("two logits, t=1"); ``hint`` is shown when this
+    case is the first to fail. ``expected`` (optional) gives the right answer directly instead
+    of computing it with the reference; ``atol``/``rtol`` (optional) override the checker's
+    tolerances for this case.
+    """
+
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    label: str = ""
+    hint: str = ""
+    expected: Any = _MISSING
+    atol: float | None = None
+    rtol: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.args, tuple):
+            raise TypeError(f"Case args must be a tuple of positional arguments, got "
+                            f"{type(self.args).__name__} {self.args!r:.60}; write args=(x,) for one argument")
+        if not isinstance(self.kwargs, dict):
+            raise TypeError(f"Case kwargs must be a dict, got {type(self.kwargs).__name__}")
+        if not isinstance(self.label, str) or not isinstance(self.hint, str):
+            raise TypeError(f"Case label and hint must be str, got {type(self.label).__name__} "
+                            f"and {type(self.hint).__name__}")
+        for name in ("atol", "rtol"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
+                raise ValueError(f"Case {name} must be a non-negative number or None, got {value!r}")
+
+
+@dataclass
+class CaseResult:
+    """What happened in one case. ``status`` is ``"passed"``, ``"failed"`` or ``"not done"``."""
+
+    label: str
+    status: str
+    reason: str = ""  # one line: why it failed ("" when it passed)
+    input: str = ""  # summary of the arguments
+    expected: str = ""  # summary of the reference's answer
+    received: str = ""  # summary of the learner's answer
+    hint: str = ""
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.status == PASSED
+
+
+@dataclass
+class CheckReport:
+    """The verdict of one :func:`check_function` call.
+
+    ``passed`` is True when every case passed; ``not_done`` when the learner's function still
+    raises ``NotImplementedError``. ``str(report)`` is the full verdict text.
+    """
+
+    exercise: str
+    function: str
+    cases: list[CaseResult] = field(default_factory=list)
+    not_done: bool = False
+    error: str = ""  # set when the check could not run at all (e.g. not a function)
+    max_details: int = 1
+    _shown_in: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.cases) and not self.not_done and not self.error and all(c.passed for c in self.cases)
+
+    @property
+    def status(self) -> str:
+        return NOT_DONE if self.not_done else PASSED if self.passed else FAILED
+
+    @property
+    def n_passed(self) -> int:
+        return sum(c.passed for c in self.cases)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def text(self) -> str:
+        head = f"{self.exercise} · {self.function}"
+        if self.not_done:
+            return (f"{head}: not done yet — replace the `raise NotImplementedError(...)` in "
+                    f"`{self.function}` with your code, run that cell, then run this check again.")
+        if self.error:
+            return f"{head}: FAILED — {self.error}"
+        n = len(self.cases)
+        if self.passed:
+            labels = "; ".join(c.label for c in self.cases)
+            return f"{head}: PASSED ({n}/{n} cases)\n  ✓ {labels}"
+        lines = [f"{head}: FAILED ({self.n_passed}/{n} cases passed)"]
+        passed = [c.label for c in self.cases if c.passed]
+        if passed:
+            lines.append("  ✓ " + "; ".join(passed))
+        details = 0
+        for c in self.cases:
+            if c.passed:
+                continue
+            lines.append(f"  ✗ {c.label}: {c.reason}")
+            if details < self.max_details:
+                details += 1
+                for key, value in (("input", c.input), ("expected", c.expected),
+                                   ("received", c.received), ("hint", c.hint)):
+                    if value:
+                        lines.append(f"      {key + ':':<9} {value}")
+        return "\n".join(lines)
+
+    __str__ = text
+
+    def __repr__(self) -> str:
+        verdict = ("not done yet" if self.not_done else "could not run" if self.error
+                   else f"{self.n_passed}/{len(self.cases)} passed")
+        return f"<CheckReport {self.exercise} · {self.function}: {verdict}>"
+
+    def show(self) -> None:
+        """Print the verdict, and remember which notebook cell printed it."""
+        print(self.text(), flush=True)
+        self._shown_in = _cell_id()
+
+    def _ipython_display_(self) -> None:
+        # check_function already printed the verdict in this cell: show nothing more.
+        # Displayed from a later cell (`report` on its own), print it again.
+        if self._shown_in is None or self._shown_in != _cell_id():
+            self.show()
+
+
+def _cell_id() -> Any:
+    """An id of the notebook cell running now (IPython's execution count), else None."""
+    ipython = sys.modules.get("IPython")
+    get = getattr(ipython, "get_ipython", None)
+    shell = get() if get else None
+    return getattr(shell, "execution_count", None) if shell is not None else None
+
+
+# --------------------------------------------------------------------------- summaries
+
+def _torch():
+    return sys.modules.get("torch")
+
+
+def _numpy():
+    return sys.modules.get("numpy")
+
+
+def _is_tensor(x: Any) -> bool:
+    torch = _torch()
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _is_ndarray(x: Any) -> bool:
+    np = _numpy()
+    return np is not None and isinstance(x, np.ndarray)
+
+
+def _fmt_number(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v) or math.isinf(v):
+            return str(v)
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _few_values(flat: list, total: int, k: int = 4) -> str:
+    shown = ", ".join(_fmt_number(v) for v in flat[:k])
+    return f"[{shown}{', …' if total > k else ''}]"
+
+
+def _array_summary(kind: str, dtype: str, shape: tuple, flat: list, total: int) -> str:
+    shape_s = "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+    return f"{kind} {dtype} {shape_s} {_few_values(flat, total)}"
+
+
+def summarize(x: Any, width: int = 80) -> str:
+    """A one-line description of a value: type, dtype, shape and a few values for arrays."""
+    if _is_tensor(x):
+        t = x.detach()
+        flat = t.reshape(-1)[:4].cpu().tolist() if t.numel() else []
+        dtype = str(t.dtype).removeprefix("torch.")
+        s = _array_summary("tensor", dtype, tuple(t.shape), flat, t.numel())
+        if t.dtype.is_floating_point or t.dtype.is_complex:
+            bad = _nonfinite(t)
+            if bad:
+                s += f" ({bad})"
+        return s
+    if _is_ndarray(x):
+        flat = x.reshape(-1)[:4].tolist()
+        return _array_summary("ndarray", str(x.dtype), tuple(x.shape), flat, x.size)
+    if x is None or isinstance(x, (bool, int, float, complex)):
+        return _fmt_number(x) if not isinstance(x, complex) else repr(x)
+    if isinstance(x, str):
+        r = repr(x)
+        return r if len(r) <= width else r[: width - 5] + "…" + r[-3:] + f" ({len(x)} chars)"
+    if isinstance(x, (list, tuple)):
+        if all(isinstance(v, (bool, int, float, str)) or v is None for v in x):
+            r = "[" + ", ".join(_fmt_number(v) if not isinstance(v, str) else repr(v) for v in x[:8])
+            r += (", …" if len(x) > 8 else "") + "]"
+            if isinstance(x, tuple):
+                r = "(" + r[1:-1] + ("," if len(x) == 1 else "") + ")"
+            s = f"{type(x).__name__} of {len(x)}: {r}"
+        else:
+            inner = "; ".join(summarize(v, width) for v in x[:3])
+            s = f"{type(x).__name__} of {len(x)}: ({inner}{'; …' if len(x) > 3 else ''})"
+        return s if len(s) <= 2 * width else s[: 2 * width - 1] + "…"
+    if isinstance(x, dict):
+        items = ", ".join(f"{k!r}: {summarize(v, 30)}" for k, v in list(x.items())[:4])
+        s = f"dict of {len(x)}: {{{items}{', …' if len(x) > 4 else ''}}}"
+        return s if len(s) <= 2 * width else s[: 2 * width - 1] + "…"
+    r = repr(x)
+    return r if len(r) <= width else r[: width - 1] + "…"
+
+
+def _nonfinite(t: Any) -> str:
+    """'contains NaN (3 of 6 values)' and/or inf, for a float tensor; '' if all finite."""
+    torch = _torch()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    n_nan = int(torch.isnan(t).sum())
+    n_inf = int(torch.isinf(t).sum())
+    parts = []
+    if n_nan:
+        parts.append(f"NaN in {n_nan} of {t.numel()} values")
+    if n_inf:
+        parts.append(f"inf in {n_inf} of {t.numel()} values")
+    return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------- comparison
+
+def _shape_str(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _compare_tensors(expected: Any, received: Any, atol: float, rtol: float, check_dtype: bool,
+                     where: str) -> str | None:
+    torch = _torch()
+    if not _is_tensor(received):
+        if _is_ndarray(received):
+            return f"{where} is a numpy array; expected a torch.Tensor (use torch tensor operations)"
+        return f"{where} is {_type_name(received)}; expected a torch.Tensor of shape {_shape_str(expected.shape)}"
+    e, r = expected.detach().cpu(), received.detach().cpu()
+    if tuple(r.shape) != tuple(e.shape):
+        msg = f"{where} has shape {_shape_str(r.shape)}; expected {_shape_str(e.shape)}"
+        if r.dim() >= 2 and tuple(r.shape[:-2]) + (r.shape[-1], r.shape[-2]) == tuple(e.shape):
+            msg += " (the last two dimensions look swapped)"
+        elif r.numel() == e.numel():
+            msg += " (same number of values: reshaped or transposed?)"
+        return msg
+    if check_dtype and r.dtype != e.dtype:
+        return (f"{where} has dtype {str(r.dtype).removeprefix('torch.')}; expected "
+                f"{str(e.dtype).removeprefix('torch.')}")
+    if e.dtype == torch.bool or r.dtype == torch.bool or not (e.is_floating_point() or e.is_complex()):
+        if r.dtype != e.dtype:
+            r = r.to(e.dtype)
+        wrong = r != e
+        if bool(wrong.any()):
+            return _first_mismatch(where, e, r, wrong)
+        return None
+    if not (r.is_floating_point() or r.is_complex()):
+        r = r.to(e.dtype)
+    r = r.to(torch.promote_types(r.dtype, e.dtype))
+    e = e.to(r.dtype)
+    bad_r, bad_e = _nonfinite(r), _nonfinite(e)
+    if bad_r and bad_r != bad_e:
+        nan_where = torch.isnan(r) & ~torch.isnan(e)
+        if bool(nan_where.any()):
+            return _first_mismatch(where, e, r, nan_where, prefix=f"{where} contains NaN "
+                                   f"({int(nan_where.sum())} of {r.numel()} values)")
+        inf_where = torch.isinf(r) & ~torch.isinf(e)
+        if bool(inf_where.any()):
+            return _first_mismatch(where, e, r, inf_where, prefix=f"{where} contains inf "
+                                   f"({int(inf_where.sum())} of {r.numel()} values)")
+    close = torch.isclose(r, e, atol=atol, rtol=rtol, equal_nan=True)
+    if bool(close.all()):
+        return None
+    diff = (r - e).abs()
+    diff = torch.where(torch.isnan(diff), torch.zeros_like(diff), diff)
+    msg = _first_mismatch(where, e, r, ~close, largest=float(diff.max()))
+    scale = _scale_factor(e, r)
+    if scale is not None:
+        msg += f"; your values are ≈ {scale:.4g} × the expected ones (a missing or extra factor?)"
+    return msg
+
+
+def _scale_factor(e: Any, r: Any) -> float | None:
+    """If r ≈ c · e for a constant c far from 1, return c."""
+    torch = _torch()
+    if e.is_complex() or not bool(torch.isfinite(e).all()) or not bool(torch.isfinite(r).all()):
+        return None
+    e64, r64 = e.double().reshape(-1), r.double().reshape(-1)
+    denom = float(e64 @ e64)
+    if denom == 0.0:
+        return None
+    c = float(r64 @ e64) / denom
+    if abs(c - 1.0) < 1e-3 or c == 0.0:
+        return None
+    if bool(torch.allclose(r64, c * e64, rtol=1e-3, atol=1e-6 * max(1.0, float(e64.abs().max())))):
+        return c
+    return None
+
+
+def _first_mismatch(where: str, e: Any, r: Any, wrong: Any, prefix: str | None = None,
+                    largest: float | None = None) -> str:
+    idx = tuple(int(i) for i in wrong.nonzero()[0].tolist()) if wrong.dim() else ()
+    n = int(wrong.sum())
+    head = prefix or f"{where} differs in {n} of {wrong.numel()} values"
+    if largest is not None:
+        head += f" (largest difference {largest:.3g})"
+    at = f"{where}[{', '.join(str(i) for i in idx)}]" if idx else where
+    return f"{head}; first at {at}: got {_fmt_number(r[idx].item())}, expected {_fmt_number(e[idx].item())}"
+
+
+def _type_name(x: Any) -> str:
+    if x is None:
+        return "None"
+    return f"a {type(x).__module__ + '.' if type(x).__module__ not in ('builtins',) else ''}{type(x).__name__}"
+
+
+def compare_values(expected: Any, received: Any, *, atol: float = 1e-5, rtol: float = 1e-4,
+                   check_dtype: bool = True, where: str = "output") -> str | None:
+    """Compare the learner's ``received`` value with ``expected``; None if they match.
+
+    Otherwise return one line saying what differs, naming the position (``output[1]`` for the
+    second element of a returned tuple). Handles torch tensors (shape, dtype, NaN/inf, values
+    within ``atol + rtol·|expected|``), numpy arrays, numbers, strings, None, and lists, tuples
+    and dicts of these, nested.
+    """
+    if received is None and expected is not None:
+        return f"{where} is None (did the function forget to `return` its result?)"
+    if _is_tensor(expected):
+        return _compare_tensors(expected, received, atol, rtol, check_dtype, where)
+    if _is_ndarray(expected):
+        np = _numpy()
+        if _is_tensor(received):
+            return f"{where} is a torch.Tensor; expected a numpy array"
+        if not _is_ndarray(received):
+            return f"{where} is {_type_name(received)}; expected a numpy array of shape {_shape_str(expected.shape)}"
+        if received.shape != expected.shape:
+            return f"{where} has shape {_shape_str(received.shape)}; expected {_shape_str(expected.shape)}"
+        if check_dtype and received.dtype != expected.dtype:
+            return f"{where} has dtype {received.dtype}; expected {expected.dtype}"
+        torch = _torch()
+        if torch is not None and expected.dtype != object:
+            return _compare_tensors(torch.from_numpy(np.ascontiguousarray(expected)),
+                                    torch.from_numpy(np.ascontiguousarray(received)),
+                                    atol, rtol, False, where)
+        if not np.array_equal(expected, received):
+            return f"{where} differs from the expected array"
+        return None
+    if expected is None:
+        return None if received is None else f"{where} is {summarize(received, 40)}; expected None"
+    if isinstance(expected, bool):
+        if not isinstance(received, bool) and not (_is_tensor(received) and received.numel() == 1):
+            return f"{where} is {_type_name(received)}; expected a bool ({expected})"
+        value = bool(received.item()) if _is_tensor(received) else received
+        return None if value == expected else f"{where} is {value}; expected {expected}"
+    if isinstance(expected, (int, float)):
+        value = received
+        if (_is_tensor(received) or _is_ndarray(received)) and getattr(received, "size", None) is not None:
+            n = received.numel() if _is_tensor(received) else received.size
+            if n != 1:
+                return f"{where} is {summarize(received)}; expected one number ({_fmt_number(expected)})"
+            value = received.item()
+        elif _numpy() is not None and isinstance(received, _numpy().generic):
+            value = received.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{where} is {summarize(received, 40)}; expected a number ({_fmt_number(expected)})"
+        if isinstance(expected, int) and isinstance(value, int):
+            return None if value == expected else f"{where} is {value}; expected {expected}"
+        if math.isnan(value) and not math.isnan(expected):
+            return f"{where} is nan; expected {_fmt_number(expected)}"
+        if math.isclose(value, expected, rel_tol=rtol, abs_tol=atol) or (math.isnan(value) and math.isnan(expected)):
+            return None
+        return f"{where} is {_fmt_number(value)}; expected {_fmt_number(expected)}"
+    if isinstance(expected, str):
+        if not isinstance(received, str):
+            return f"{where} is {_type_name(received)}; expected a str"
+        if received == expected:
+            return None
+        i = next((k for k, (a, b) in enumerate(zip(received, expected)) if a != b), min(len(received), len(expected)))
+        return (f"{where} differs from the expected string at character {i}: got "
+                f"{received[i:i + 12]!r}, expected {expected[i:i + 12]!r}"
+                + (f" (lengths {len(received)} vs {len(expected)})" if len(received) != len(expected) else ""))
+    if isinstance(expected, (list, tuple)):
+        if not isinstance(received, (list, tuple)):
+            return f"{where} is {_type_name(received)}; expected a {type(expected).__name__} of {len(expected)} items"
+        if len(received) != len(expected):
+            return f"{where} has {len(received)} items; expected {len(expected)}"
+        for i, (e, r) in enumerate(zip(expected, received)):
+            msg = compare_values(e, r, atol=atol, rtol=rtol, check_dtype=check_dtype, where=f"{where}[{i}]")
+            if msg:
+                return msg
+        return None
+    if isinstance(expected, dict):
+        if not isinstance(received, dict):
+            return f"{where} is {_type_name(received)}; expected a dict"
+        missing = [k for k in expected if k not in received]
+        extra = [k for k in received if k not in expected]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing[:5]!r}")
+            if extra:
+                parts.append(f"unexpected keys {extra[:5]!r}")
+            return f"{where}: " + ", ".join(parts)
+        for k in expected:
+            msg = compare_values(expected[k], received[k], atol=atol, rtol=rtol, check_dtype=check_dtype,
+                                 where=f"{where}[{k!r}]")
+            if msg:
+                return msg
+        return None
+    try:
+        same = bool(expected == received)
+    except Exception as err:  # a value whose == raises
+        return f"{where} could not be compared with the expected value ({type(err).__name__}: {err})"
+    return None if same else f"{where} is {summarize(received, 40)}; expected {summarize(expected, 40)}"
+
+
+# --------------------------------------------------------------------------- running the learner's code
+
+class _StopRunaway(BaseException):
+    """Raised inside a learner's thread at the time limit (a BaseException: `except Exception` won't catch it)."""
+
+
+@dataclass
+class _Outcome:
+    value: Any = None
+    error: BaseException | None = None
+    timed_out: bool = False
+    stopped: bool = True  # False: the thread could not be stopped (stuck in one C call)
+    seconds: float = 0.0
+
+
+def _inject(thread: threading.Thread) -> None:
+    if thread.ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(_StopRunaway))
+
+
+def _stop(thread: threading.Thread, grace_s: float) -> bool:
+    """Raise _StopRunaway in the thread until it ends (a loop may catch it once); True if it ended."""
+    deadline = time.monotonic() + grace_s
+    while thread.is_alive() and time.monotonic() < deadline:
+        _inject(thread)
+        thread.join(0.02)
+    if thread.is_alive():
+        # Give up; clear the pending exception so it doesn't fire at a random later moment.
+        if thread.ident is not None:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), None)
+        return False
+    return True
+
+
+def _run_limited(fn: Callable, args: tuple, kwargs: dict, timeout_s: float | None) -> _Outcome:
+    out = _Outcome()
+    if timeout_s is None:
+        t0 = time.perf_counter()
+        try:
+            out.value = fn(*args, **kwargs)
+        except Exception as err:  # the learner's error becomes part of the verdict
+            out.error = err
+        out.seconds = time.perf_counter() - t0
+        return out
+
+    done = threading.Event()
+
+    def target() -> None:
+        t0 = time.perf_counter()
+        try:
+            out.value = fn(*args, **kwargs)
+        except _StopRunaway:
+            out.timed_out = True
+        except BaseException as err:  # SystemExit, KeyboardInterrupt, ... from the learner's code
+            out.error = err
+        finally:
+            out.seconds = time.perf_counter() - t0
+            done.set()
+
+    thread = threading.Thread(target=target, name="exercise-check", daemon=True)
+    thread.start()
+    try:
+        finished = done.wait(timeout_s)
+    except BaseException:
+        # The learner pressed "interrupt" while their function ran: stop it too, then pass it on.
+        _stop(thread, _STOP_GRACE_S)
+        raise
+    if not finished:
+        out.timed_out = True
+        out.stopped = _stop(thread, _STOP_GRACE_S)
+        out.seconds = float(timeout_s)
+        out.value, out.error = None, None
+        return out
+    thread.join()
+    return out
+
+
+_LIBRARY_DIRS = tuple(
+    os.path.normcase(os.path.realpath(p))
+    for p in {sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    if p
+) + (os.path.normcase(os.path.realpath(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),)
+
+
+def _is_learner_file(filename: str) -> bool:
+    """Code outside the standard library, installed packages and this package: the learner's."""
+    if filename.startswith("<"):  # <string>, <stdin>, <ipython-input-...>: typed-in code
+        return not filename.startswith("<frozen")
+    path = os.path.normcase(os.path.realpath(filename))
+    return not any(path == d or path.startswith(d + os.sep) for d in _LIBRARY_DIRS)
+
+
+def _learner_line(err: BaseException, fn: Callable) -> str:
+    """'line 3 of softmax_t: return ...' for the deepest frame of learner code in the traceback."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if _is_learner_file(f.filename)]
+    if not frames:
+        return ""
+    f = frames[-1]
+    code = (f.line or linecache.getline(f.filename, f.lineno)).strip()
+    start = _first_line(fn) if f.name == getattr(fn, "__name__", None) else None
+    where = f"line {f.lineno - start + 1} of {f.name}" if start else f"in {f.name}, line {f.lineno}"
+    return f"{where}: {code}" if code else where
+
+
+def _first_line(fn: Callable) -> int | None:
+    code = getattr(fn, "__code__", None)
+    return getattr(code, "co_firstlineno", None)
+
+
+def _describe_args(reference: Callable | None, fn: Callable, case: Case) -> str:
+    names: list[str] = []
+    for f in (reference, fn):
+        try:
+            params = list(inspect.signature(f).parameters.values()) if f is not None else []
+        except (TypeError, ValueError):
+            continue
+        if all(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params[: len(case.args)]) \
+                and len(params) >= len(case.args):
+            names = [p.name for p in params[: len(case.args)]]
+            break
+    parts = [f"{names[i]} = {summarize(a, 60)}" if names else summarize(a, 60) for i, a in enumerate(case.args)]
+    parts += [f"{k} = {summarize(v, 60)}" for k, v in case.kwargs.items()]
+    return "; ".join(parts) if parts else "(no arguments)"
+
+
+def _arg_name(reference: Callable | None, fn: Callable, i: int | str) -> str:
+    if isinstance(i, str):
+        return i
+    for f in (fn, reference):
+        try:
+            params = list(inspect.signature(f).parameters) if f is not None else []
+        except (TypeError, ValueError):
+            continue
+        if i < len(params):
+            return params[i]
+    return f"argument {i + 1}"
+
+
+def _mutated(original: Case, given_args: tuple, given_kwargs: dict) -> list[int | str]:
+    changed: list[int | str] = []
+    for i, (a, b) in enumerate(zip(original.args, given_args)):
+        if _differs(a, b):
+            changed.append(i)
+    for k in original.kwargs:
+        if _differs(original.kwargs[k], given_kwargs.get(k)):
+            changed.append(k)
+    return changed
+
+
+def _differs(a: Any, b: Any) -> bool:
+    try:
+        return compare_values(a, b, atol=0.0, rtol=0.0, check_dtype=True, where="x") is not None
+    except Exception:
+        return False
+
+
+def _describe_error(err: BaseException, fn: Callable) -> str:
+    message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if len(message) > 160:
+        message = message[:159] + "…"
+    text = f"raised {type(err).__name__}" + (f": {message}" if message else "")
+    line = _learner_line(err, fn)
+    return text + (f" (at {line})" if line else "")
+
+
+def _name_of(fn: Any) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def check_function(
+    fn: Any,
+    reference: Callable | None,
+    cases: Sequence[Case],
+    *,
+    exercise: str,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+    timeout_s: float | None = 5.0,
+    compare: Callable[[Any, Any], Any] | None = None,
+    check_dtype: bool = True,
+    allow_mutation: bool = False,
+    max_details: int = 1,
+    name: str | None = None,
+    quiet: bool = False,
+) -> CheckReport:
+    """Run the learner's ``fn`` on every case, compare with ``reference``, print the verdict.
+
+    Args:
+        fn: the learner's function (anything callable).
+        reference: the book's implementation, called as ``reference(*case.args, **case.kwargs)``;
+            may be None when every case gives ``expected``.
+        cases: the calls to make; include the edge cases.
+        exercise: the exercise label, e.g. ``"ex-01-softmax-temperature"``.
+        atol, rtol: tolerances for float values (``|got - expected| <= atol + rtol·|expected|``).
+        timeout_s: time limit per case in seconds (None: no limit, run in this thread).
+        compare: optional ``compare(expected, received)`` replacing the default comparison
+            (:func:`compare_values`); it returns None or True for a match, and False or a
+            one-line message (str) saying what is wrong otherwise.
+        check_dtype: whether a tensor/array of the right values but another dtype fails.
+        allow_mutation: whether the function may modify its arguments in place.
+        max_details: how many failed cases show input/expected/received/hint (the others get one line).
+        name: the function's name in the verdict (default ``fn.__name__``).
+        quiet: don't print (the report is still returned).
+
+    Returns:
+        A :class:`CheckReport` (``.passed``, ``.not_done``, ``.cases``).
+
+    Raises:
+        TypeError/ValueError: for a mistake in the *checker* (not in the learner's function):
+            bad cases, reference, tolerances or exercise label.
+    """
+    if not isinstance(exercise, str) or not exercise:
+        raise TypeError(f"exercise must be a non-empty str label like 'ex-01-softmax', got {exercise!r}")
+    if reference is not None and not callable(reference):
+        raise TypeError(f"reference must be callable or None, got {type(reference).__name__}")
+    if compare is not None and not callable(compare):
+        raise TypeError(f"compare must be callable or None, got {type(compare).__name__}")
+    if isinstance(cases, Case) or not isinstance(cases, Sequence) or not cases:
+        raise TypeError(f"cases must be a non-empty list of Case, got {cases!r:.80}")
+    for i, c in enumerate(cases):
+        if not isinstance(c, Case):
+            raise TypeError(f"cases[{i}] must be a Case, got {type(c).__name__}")
+        if reference is None and c.expected is _MISSING:
+            raise ValueError(f"cases[{i}] ({c.label!r}) has no expected value and reference is None")
+    for label, v in (("atol", atol), ("rtol", rtol)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 or math.isnan(v):
+            raise ValueError(f"{label} must be a non-negative number, got {v!r}")
+    if timeout_s is not None and (not isinstance(timeout_s, (int, float)) or isinstance(timeout_s, bool)
+                                  or not timeout_s > 0):
+        raise ValueError(f"timeout_s must be a positive number of seconds or None, got {timeout_s!r}")
+    if not isinstance(max_details, int) or max_details < 0:
+        raise ValueError(f"max_details must be a non-negative int, got {max_details!r}")
+
+    fname = name or (_name_of(fn) if callable(fn) else "your function")
+    report = CheckReport(exercise=exercise, function=fname, max_details=max_details)
+    if not callable(fn):
+        report.error = (f"expected a function, got {summarize(fn, 40)} ({type(fn).__name__}). "
+                        f"Pass the function itself, without calling it: e.g. check(my_function), "
+                        f"not check(my_function(x)).")
+        if not quiet:
+            report.show()
+        return report
+
+    stuck = False
+    for i, case in enumerate(cases):
+        label = case.label or f"case {i + 1}"
+        if stuck:  # one runaway is enough: don't wait for the time limit again on every case
+            report.cases.append(CaseResult(label=label, status=FAILED,
+                                           reason="not run (an earlier case did not return in time)"))
+            continue
+        c_atol = atol if case.atol is None else case.atol
+        c_rtol = rtol if case.rtol is None else case.rtol
+        result = CaseResult(label=label, status=FAILED, hint=case.hint,
+                            input=_describe_args(reference, fn, case))
+        if case.expected is not _MISSING:
+            expected = copy.deepcopy(case.expected)
+        else:
+            expected = reference(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+        result.expected = summarize(expected)
+
+        args, kwargs = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
+        outcome = _run_limited(fn, args, kwargs, timeout_s)
+        result.seconds = outcome.seconds
+        if isinstance(outcome.error, NotImplementedError):
+            report.not_done = True
+            result.status = NOT_DONE
+            report.cases.append(result)
+            break
+        if outcome.timed_out:
+            if outcome.stopped:
+                result.reason = (f"did not return within {timeout_s:g} s, so it was stopped "
+                                 f"(an endless loop? check the loop's exit condition)")
+            else:
+                result.reason = (f"did not return within {timeout_s:g} s and could not be stopped: it is stuck "
+                                 f"inside one long C call (e.g. a huge tensor operation) and keeps running in "
+                                 f"the background; if the notebook gets slow, restart the kernel")
+            result.received = "(nothing: stopped at the time limit)"
+            stuck = True
+        elif outcome.error is not None:
+            result.reason = _describe_error(outcome.error, fn)
+            result.received = f"{type(outcome.error).__name__} instead of a value"
+        else:
+            result.received = summarize(outcome.value)
+            if compare is not None:
+                try:
+                    verdict = compare(expected, outcome.value)
+                except Exception as err:
+                    verdict = f"could not be checked ({type(err).__name__}: {err})"
+                if verdict is None or verdict is True:
+                    msg = None
+                elif verdict is False:
+                    msg = "output is not what was expected"
+                else:
+                    msg = str(verdict)
+            else:
+                msg = compare_values(expected, outcome.value, atol=c_atol, rtol=c_rtol, check_dtype=check_dtype)
+            changed = [] if allow_mutation else _mutated(case, args, kwargs)
+            if changed:
+                names = ", ".join(f"`{_arg_name(reference, fn, k)}`" for k in changed)
+                msg = (f"it changed its input {names} in place (e.g. `x /= t` or `x[...] = ...`); "
+                       f"compute a new value instead" + (f"; also {msg}" if msg else ""))
+            if msg:
+                result.reason = msg
+            else:
+                result.status = PASSED
+        report.cases.append(result)
+
+    if not quiet:
+        report.show()
+    return report
