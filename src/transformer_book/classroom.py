@@ -1,0 +1,609 @@
+"""The classroom editions of the chapter notebooks, and grading a learner's notebook.
+
+    python -m transformer_book.classroom student   OUTDIR [NOTEBOOKS...] [--colab-base URL]
+    python -m transformer_book.classroom solutions OUTDIR [NOTEBOOKS...]
+    python -m transformer_book.classroom grade     NOTEBOOK [--timeout S] [--json FILE]
+    python -m transformer_book.classroom check     [NOTEBOOKS...]
+
+Without NOTEBOOKS, every ``chapters/*.ipynb`` (of the current directory, else of the repository
+this package lives in) is used.
+
+An exercise in a chapter notebook is a run of cells (CONTRIBUTING.md, "Exercises"):
+
+1. markdown with an ``{exercise}`` directive and a ``:label: ex-NN-name``;
+2. markdown ``{solution-start} ex-NN-name`` (with ``:class: dropdown``);
+3. code cell(s) tagged ``solution``: top-level ``def``s (or classes) with docstrings, solved;
+   markdown cells in between explain the solution;
+4. markdown ``{solution-end}``;
+5. a code cell tagged ``check`` that calls the chapter's checker.
+
+The **student edition** keeps everything except the solutions:
+
+- each ``solution`` cell keeps, for every public top-level function, its decorators, signature
+  and docstring; the body becomes ``raise NotImplementedError("Exercise ex-..: write this
+  function (see the exercise above)")``. A class keeps its header, docstring and class-level
+  attributes, and each public or dunder method is stubbed the same way. Functions and methods
+  whose names start with one underscore are the solution's own helpers and are dropped.
+  ``import`` statements are kept; a top-level assignment is kept only when a kept signature,
+  decorator or base class uses the name it assigns (e.g. a default value ``eps=EPS``); every
+  other statement (a demo call, a print) is part of the solution and is dropped. The cell's tag
+  becomes ``exercise``;
+- the solution-start / solution-end cells and the markdown between them are removed;
+- the statements and the ``check`` cells stay, so that each check reports "not done yet";
+- all outputs are cleared, and the Colab badge points at the student copy when
+  ``--colab-base`` says where the copies will live (a GitHub folder such as
+  ``https://github.com/ORG/REPO/blob/main/student`` or a Colab URL prefix); without it, the
+  badge is replaced by a line saying how to open the notebook (an uploaded copy has no address).
+
+The **solutions edition** is the chapters as they are, outputs cleared.
+
+A malformed notebook (a solution cell without a function, a solution-start without an end, a
+solution that does not parse, ...) is refused with a message naming the notebook and the cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ExerciseFormatError",
+    "Exercise",
+    "parse_exercises",
+    "stub_solution",
+    "student_notebook",
+    "solutions_notebook",
+    "write_edition",
+    "grade_notebook",
+    "GradeRow",
+    "main",
+]
+
+SOLUTION_TAG, CHECK_TAG, EXERCISE_TAG = "solution", "check", "exercise"
+_FENCE = r"^[ \t]*(?:`{3,}|:{3,})[ \t]*"
+_EXERCISE_RE = re.compile(_FENCE + r"\{exercise\}(?P<title>[^\n]*)$", re.M)
+_LABEL_RE = re.compile(r"^[ \t]*:label:[ \t]*(?P<label>\S+)[ \t]*$", re.M)
+_START_RE = re.compile(_FENCE + r"\{solution-start\}[ \t]*(?P<label>\S*)", re.M)
+_END_RE = re.compile(_FENCE + r"\{solution-end\}", re.M)
+_LABEL_OK = re.compile(r"^ex-[A-Za-z0-9][\w-]*$")
+_BADGE_RE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\((?P<url>[^)]*)\)")
+VERDICT_RE = re.compile(
+    r"^(?P<exercise>ex-[\w-]+) · (?P<function>.+?): (?P<status>PASSED|FAILED|not done yet)"
+    r"(?: \((?P<detail>[^)]*)\))?", re.M)
+
+STUDENT_NOTE = (
+    "> **Student edition.** The exercise solutions are removed: each function you are asked to "
+    "write raises `NotImplementedError` until you replace its body with your code, and the check "
+    "cell after it reports *not done yet*, then what passes and what does not."
+)
+NO_BADGE_NOTE = (
+    "*To run this notebook in Colab, upload it (File → Upload notebook) or open it from your "
+    "Google Drive; in Jupyter, just open it.*"
+)
+
+
+class ExerciseFormatError(ValueError):
+    """A chapter notebook's exercise cells don't follow the convention; the message says where."""
+
+
+@dataclass
+class Exercise:
+    """The cells (indices) of one exercise in a notebook."""
+
+    label: str
+    title: str
+    statement: int  # the markdown cell with the {exercise} directive
+    start: int | None = None  # {solution-start}
+    end: int | None = None  # {solution-end}
+    solutions: list[int] = field(default_factory=list)  # code cells tagged "solution"
+    notes: list[int] = field(default_factory=list)  # markdown between start and end
+    checks: list[int] = field(default_factory=list)  # code cells tagged "check"
+
+
+def _source(cell: dict) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else src
+
+
+def _tags(cell: dict) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def parse_exercises(nb: dict, where: str = "notebook") -> list[Exercise]:
+    """Find and validate the exercises of a notebook (a dict in nbformat 4 layout).
+
+    Raises:
+        ExerciseFormatError: naming ``where`` and the cell index for the first problem found.
+    """
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        raise ExerciseFormatError(f"{where}: not a notebook (expected a dict with a 'cells' list)")
+    exercises: dict[str, Exercise] = {}
+    order: list[Exercise] = []
+    current: Exercise | None = None  # the exercise whose section we are in
+    open_block: Exercise | None = None  # inside solution-start ... solution-end
+    for i, cell in enumerate(nb["cells"]):
+        kind, text, tags = cell.get("cell_type"), _source(cell), _tags(cell)
+        at = f"{where}: cell {i}"
+        if kind == "markdown":
+            n_ex, n_start, n_end = len(_EXERCISE_RE.findall(text)), len(_START_RE.findall(text)), len(_END_RE.findall(text))
+            if n_ex + n_start + n_end > 1:
+                raise ExerciseFormatError(f"{at}: holds more than one exercise/solution-start/solution-end "
+                                          f"directive; put each in its own markdown cell")
+            if n_ex:
+                if open_block is not None:
+                    raise ExerciseFormatError(f"{at}: exercise directive inside the solution of "
+                                              f"{open_block.label!r} (cell {open_block.start}); close it "
+                                              f"with a solution-end cell first")
+                m = _LABEL_RE.search(text)
+                if not m:
+                    raise ExerciseFormatError(f"{at}: exercise directive has no ':label: ex-NN-name' line")
+                label = m.group("label")
+                if not _LABEL_OK.match(label):
+                    raise ExerciseFormatError(f"{at}: exercise label {label!r} should look like 'ex-01-short-name'")
+                if label in exercises:
+                    raise ExerciseFormatError(f"{at}: exercise label {label!r} is used twice "
+                                              f"(first in cell {exercises[label].statement})")
+                current = Exercise(label=label, title=_EXERCISE_RE.search(text).group("title").strip(), statement=i)
+                exercises[label] = current
+                order.append(current)
+            elif n_start:
+                label = _START_RE.search(text).group("label")
+                if open_block is not None:
+                    raise ExerciseFormatError(f"{at}: solution-start while the solution of {open_block.label!r} "
+                                              f"(cell {open_block.start}) has no solution-end yet")
+                if not label:
+                    raise ExerciseFormatError(f"{at}: solution-start names no exercise label")
+                if label not in exercises:
+                    raise ExerciseFormatError(f"{at}: solution-start refers to {label!r}, which no earlier "
+                                              f"exercise cell defines")
+                ex = exercises[label]
+                if ex.start is not None:
+                    raise ExerciseFormatError(f"{at}: a second solution for {label!r} (first at cell {ex.start})")
+                if ex is not current:
+                    raise ExerciseFormatError(f"{at}: solution-start for {label!r} must follow that exercise, "
+                                              f"but the exercise just above is {current.label!r}")
+                ex.start = i
+                open_block = ex
+            elif n_end:
+                if open_block is None:
+                    raise ExerciseFormatError(f"{at}: solution-end without a solution-start before it")
+                open_block.end = i
+                if not open_block.solutions and not open_block.notes:
+                    raise ExerciseFormatError(f"{at}: the solution of {open_block.label!r} is empty")
+                open_block = None
+            elif open_block is not None:
+                open_block.notes.append(i)
+        elif kind == "code":
+            if SOLUTION_TAG in tags and CHECK_TAG in tags:
+                raise ExerciseFormatError(f"{at}: tagged both 'solution' and 'check'")
+            if SOLUTION_TAG in tags:
+                if open_block is None:
+                    raise ExerciseFormatError(f"{at}: code cell tagged 'solution' is not between a "
+                                              f"solution-start and a solution-end cell")
+                stub_solution(text, open_block.label, where=at)  # refuses what can't be stubbed
+                open_block.solutions.append(i)
+            elif open_block is not None:
+                raise ExerciseFormatError(f"{at}: code cell inside the solution of {open_block.label!r} "
+                                          f"is not tagged 'solution' (the student edition would keep it)")
+            elif CHECK_TAG in tags:
+                if current is None:
+                    raise ExerciseFormatError(f"{at}: check cell before any exercise cell")
+                current.checks.append(i)
+    if open_block is not None:
+        raise ExerciseFormatError(f"{where}: cell {open_block.start}: solution-start for {open_block.label!r} "
+                                  f"has no solution-end after it")
+    return order
+
+
+# --------------------------------------------------------------------------- stubbing a solution
+
+def _docstring_node(node: ast.AST) -> ast.Expr | None:
+    body = getattr(node, "body", [])
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        return body[0]
+    return None
+
+
+def _first_line(node: ast.AST) -> int:
+    decorators = getattr(node, "decorator_list", [])
+    return min([d.lineno for d in decorators] + [node.lineno])
+
+
+def _stub_def(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str], message: str, at: str) -> str:
+    doc = _docstring_node(node)
+    if doc is None:
+        raise ExerciseFormatError(f"{at}: function {node.name!r} (line {node.lineno}) has no docstring; the "
+                                  f"student edition keeps the signature and docstring, so write one")
+    if doc.lineno == node.lineno or doc.end_lineno is None:
+        raise ExerciseFormatError(f"{at}: put the docstring of {node.name!r} on its own line(s)")
+    if len(node.body) > 1 and node.body[1].lineno == doc.end_lineno:
+        raise ExerciseFormatError(f"{at}: {node.name!r}: nothing may follow the docstring on its last line")
+    head = lines[_first_line(node) - 1: doc.end_lineno]
+    indent = lines[doc.lineno - 1][: len(lines[doc.lineno - 1]) - len(lines[doc.lineno - 1].lstrip())]
+    return "\n".join(head + [f"{indent}raise NotImplementedError({_quote(message)})"])
+
+
+def _quote(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)  # a double-quoted Python string literal too
+
+
+def _stub_class(node: ast.ClassDef, lines: list[str], label: str, at: str) -> str:
+    doc = _docstring_node(node)
+    if doc is None:
+        raise ExerciseFormatError(f"{at}: class {node.name!r} (line {node.lineno}) has no docstring")
+    out = lines[_first_line(node) - 1: doc.end_lineno]
+    methods = 0
+    for item in node.body[1:]:
+        if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if item.name.startswith("_") and not (item.name.startswith("__") and item.name.endswith("__")):
+                continue
+            out.append("")
+            out.append(_stub_def(item, lines, f"Exercise {label}: write this method (see the exercise above)", at))
+            methods += 1
+        else:  # class attributes (dataclass fields, constants) are the interface: keep them
+            out.extend(lines[_first_line(item) - 1: item.end_lineno])
+    if not methods:
+        raise ExerciseFormatError(f"{at}: class {node.name!r} has no method for the learner to write")
+    return "\n".join(out)
+
+
+def _names_used(code: str) -> set[str]:
+    return {n.id for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+def _assigned_names(node: ast.AST) -> set[str]:
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+    return {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+
+
+def stub_solution(source: str, label: str, where: str = "solution cell") -> str:
+    """The student's version of a solution cell's source (see the module docstring for the rules).
+
+    Raises:
+        ExerciseFormatError: if the source does not parse or defines no public function/class.
+    """
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as err:
+        raise ExerciseFormatError(f"{where}: the solution does not parse (line {err.lineno}: {err.msg})") from None
+    lines = source.splitlines()
+    pieces: list[tuple[int, str]] = []  # (statement index, text); defs and classes start with "\n"
+    pending: list[tuple[int, ast.AST]] = []  # assignments kept only if a kept piece needs them
+    message = f"Exercise {label}: write this function (see the exercise above)"
+    n_public = 0
+    for k, node in enumerate(tree.body):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            pieces.append((k, "\n".join(lines[node.lineno - 1: node.end_lineno])))
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if node.name.startswith("_"):
+                continue
+            pieces.append((k, "\n" + _stub_def(node, lines, message, where)))
+            n_public += 1
+        elif isinstance(node, ast.ClassDef):
+            if node.name.startswith("_"):
+                continue
+            pieces.append((k, "\n" + _stub_class(node, lines, label, where)))
+            n_public += 1
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            pending.append((k, node))
+    if not n_public:
+        raise ExerciseFormatError(f"{where}: the solution cell defines no public top-level function or class "
+                                  f"for the learner to write")
+    # Keep the assignments that kept code needs (a default value, a decorator, a base class), and
+    # the assignments those need in turn.
+    needed = set().union(*(_names_used(text) for _, text in pieces))
+    changed = True
+    while changed:
+        changed = False
+        for k, node in list(pending):
+            if _assigned_names(node) & needed:
+                text = "\n".join(lines[node.lineno - 1: node.end_lineno])
+                pieces.append((k, text))
+                pending.remove((k, node))
+                needed |= _names_used(text)
+                changed = True
+    pieces.sort()
+    out = "\n\n".join(text for _, text in pieces).strip("\n")
+    ast.parse(out)  # the stub itself must be valid Python
+    return out
+
+
+# --------------------------------------------------------------------------- editions
+
+def _clear_outputs(nb: dict) -> dict:
+    for cell in nb["cells"]:
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = []
+            cell["execution_count"] = None
+        cell.get("metadata", {}).pop("execution", None)
+    nb.get("metadata", {}).pop("widgets", None)
+    return nb
+
+
+def colab_url(base: str, name: str) -> str:
+    """The Colab address of notebook ``name`` in folder ``base`` (a GitHub folder URL or a Colab URL prefix)."""
+    base = base.rstrip("/")
+    if base.startswith("https://github.com/"):
+        base = "https://colab.research.google.com/github/" + base.removeprefix("https://github.com/")
+    elif not base.startswith("https://colab.research.google.com/"):
+        raise ValueError(f"colab_base must be a GitHub folder URL (https://github.com/ORG/REPO/blob/BRANCH/DIR) "
+                         f"or a Colab URL prefix (https://colab.research.google.com/github/...), got {base!r}")
+    return f"{base}/{name}"
+
+
+def student_notebook(nb: dict, *, where: str = "notebook", name: str | None = None,
+                     colab_base: str | None = None) -> dict:
+    """The student edition of one chapter notebook (a new dict; ``nb`` is not changed)."""
+    exercises = parse_exercises(nb, where)
+    out = copy.deepcopy(nb)
+    drop: set[int] = set()
+    for ex in exercises:
+        if ex.start is not None:
+            drop |= {ex.start, ex.end, *ex.notes}
+        for i in ex.solutions:
+            cell = out["cells"][i]
+            cell["source"] = stub_solution(_source(cell), ex.label, where=f"{where}: cell {i}")
+            tags = [t for t in _tags(cell) if t != SOLUTION_TAG]
+            cell.setdefault("metadata", {})["tags"] = tags + ([EXERCISE_TAG] if EXERCISE_TAG not in tags else [])
+    out["cells"] = [c for i, c in enumerate(out["cells"]) if i not in drop]
+    if out["cells"] and out["cells"][0].get("cell_type") == "markdown":
+        first = out["cells"][0]
+        text = _source(first)
+        if colab_base and name:
+            url = colab_url(colab_base, name)
+            text = _BADGE_RE.sub(lambda m: m.group(0).replace(m.group("url"), url), text)
+        else:
+            text = _BADGE_RE.sub(NO_BADGE_NOTE, text)
+        lines = text.split("\n")
+        first["source"] = "\n".join(lines[:1] + ["", STUDENT_NOTE] + lines[1:])
+    return _clear_outputs(out)
+
+
+def solutions_notebook(nb: dict, *, where: str = "notebook") -> dict:
+    """The solutions edition: the notebook as it is (validated), outputs cleared."""
+    parse_exercises(nb, where)
+    return _clear_outputs(copy.deepcopy(nb))
+
+
+def _load(path: Path) -> dict:
+    """A notebook file as a dict, every cell's source joined into one str."""
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ExerciseFormatError(f"{path}: not a readable notebook ({err})") from None
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list) or nb.get("nbformat") != 4:
+        raise ExerciseFormatError(f"{path}: not a notebook in nbformat 4 (no 'cells' list or nbformat != 4)")
+    for cell in nb["cells"]:
+        if isinstance(cell, dict):
+            cell["source"] = _source(cell)
+    return nb
+
+
+def _save(path: Path, nb: dict) -> None:
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_edition(kind: str, outdir: Path, notebooks: list[Path], colab_base: str | None = None) -> list[Path]:
+    """Write the ``"student"`` or ``"solutions"`` edition of ``notebooks`` into ``outdir``.
+
+    Every notebook is validated before anything is written, so a malformed one leaves
+    ``outdir`` untouched. Returns the written paths.
+    """
+    if kind not in ("student", "solutions"):
+        raise ValueError(f"kind must be 'student' or 'solutions', got {kind!r}")
+    if not notebooks:
+        raise ValueError("notebooks is empty: nothing to write")
+    names = [p.name for p in notebooks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"notebooks contains two files with the same name: {sorted(names)}")
+    editions = []
+    for path in notebooks:
+        nb = _load(path)
+        if kind == "student":
+            editions.append(student_notebook(nb, where=str(path), name=path.name, colab_base=colab_base))
+        else:
+            editions.append(solutions_notebook(nb, where=str(path)))
+    outdir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path, nb in zip(notebooks, editions):
+        target = outdir / path.name
+        if target.resolve() == path.resolve():
+            raise ValueError(f"refusing to overwrite the source notebook {path} (choose another OUTDIR)")
+        _save(target, nb)
+        written.append(target)
+    return written
+
+
+# --------------------------------------------------------------------------- grading
+
+@dataclass
+class GradeRow:
+    """The outcome of one exercise in a graded notebook.
+
+    ``status``: "passed", "failed", "not done", "error" (the check cell raised), "no verdict"
+    (the check printed nothing recognisable, e.g. it was deleted) or "not checked" (the exercise
+    has no check cell: a written answer, to grade by hand).
+    """
+
+    exercise: str
+    title: str = ""
+    functions: list[str] = field(default_factory=list)
+    status: str = "no verdict"
+    detail: str = ""
+
+
+def _output_text(output: dict) -> str:
+    if output.get("output_type") == "stream":
+        text = output.get("text", "")
+    elif output.get("output_type") in ("execute_result", "display_data"):
+        text = output.get("data", {}).get("text/plain", "")
+    elif output.get("output_type") == "error":
+        text = f"{output.get('ename', '')}: {output.get('evalue', '')}"
+    else:
+        text = ""
+    return "".join(text) if isinstance(text, list) else text
+
+
+def execute_notebook(nb: dict, *, cwd: Path, timeout: int = 600, allow_errors: bool = True,
+                     kernel_name: str = "python3") -> dict:
+    """Run every cell of ``nb`` (in place) with nbclient; a cell past ``timeout`` s is interrupted."""
+    from nbclient import NotebookClient
+
+    node = _to_node(nb)
+    client = NotebookClient(node, timeout=timeout, kernel_name=kernel_name,
+                            allow_errors=allow_errors, interrupt_on_timeout=True,
+                            resources={"metadata": {"path": str(cwd)}})
+    client.execute()
+    return json.loads(json.dumps(node))
+
+
+def _to_node(nb: dict) -> Any:
+    import nbformat
+
+    return nbformat.from_dict(copy.deepcopy(nb))
+
+
+def grade_executed(nb: dict, where: str = "notebook") -> list[GradeRow]:
+    """Read the verdicts out of an executed notebook: one row per exercise, in order."""
+    rows: dict[str, GradeRow] = {}
+    current: GradeRow | None = None
+    for cell in nb.get("cells", []):
+        text = _source(cell)
+        if cell.get("cell_type") == "markdown":
+            m = _EXERCISE_RE.search(text)
+            lm = _LABEL_RE.search(text) if m else None
+            if lm:
+                current = rows.setdefault(lm.group("label"), GradeRow(lm.group("label"), m.group("title").strip()))
+                current.status = "not checked"
+            continue
+        if cell.get("cell_type") != "code":
+            continue
+        outputs = cell.get("outputs", [])
+        found = False
+        for out in outputs:
+            for v in VERDICT_RE.finditer(_output_text(out)):
+                found = True
+                row = rows.setdefault(v.group("exercise"), GradeRow(v.group("exercise")))
+                _add_verdict(row, v)
+        is_check = CHECK_TAG in _tags(cell)
+        errors = [o for o in outputs if o.get("output_type") == "error"]
+        if current is not None and is_check and not found:
+            if errors:
+                current.status, current.detail = "error", _output_text(errors[0])[:120]
+            elif current.status == "not checked":
+                current.status, current.detail = "no verdict", "the check cell printed no verdict"
+    return list(rows.values())
+
+
+_RANK = {"not checked": 0, "no verdict": 1, "passed": 2, "not done": 3, "failed": 4, "error": 5}
+
+
+def _add_verdict(row: GradeRow, v: re.Match) -> None:
+    status = {"PASSED": "passed", "FAILED": "failed", "not done yet": "not done"}[v.group("status")]
+    fn = v.group("function")
+    if fn not in row.functions:
+        row.functions.append(fn)
+    # Several functions in one exercise: the worst verdict wins.
+    if row.status in ("not checked", "no verdict") or _RANK[status] > _RANK[row.status]:
+        row.status = status
+        row.detail = v.group("detail") or ""
+
+
+def grade_notebook(path: Path, *, timeout: int = 600, kernel_name: str = "python3") -> list[GradeRow]:
+    """Execute a learner's notebook (its own folder as working directory) and grade it.
+
+    This runs the learner's code: do it in a container or a throw-away account.
+    """
+    nb = _load(path)
+    executed = execute_notebook(nb, cwd=path.resolve().parent, timeout=timeout, kernel_name=kernel_name)
+    return grade_executed(executed, str(path))
+
+
+def format_grades(rows: list[GradeRow], title: str = "") -> str:
+    """A plain-text table: exercise, function(s), result."""
+    header = ("exercise", "function", "result")
+    body = [(r.exercise, ", ".join(r.functions) or "-", r.status + (f" ({r.detail})" if r.detail else ""))
+            for r in rows]
+    widths = [max(len(x[k]) for x in [header, *body]) for k in range(2)]
+    lines = [title] if title else []
+    lines.append(f"{header[0]:<{widths[0]}}  {header[1]:<{widths[1]}}  {header[2]}")
+    lines.append(f"{'-' * widths[0]}  {'-' * widths[1]}  {'-' * 6}")
+    lines += [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in body]
+    checked = [r for r in rows if r.status != "not checked"]
+    lines.append(f"{sum(r.status == 'passed' for r in checked)} of {len(checked)} auto-checked exercises passed"
+                 + (f"; {len(rows) - len(checked)} to grade by hand" if len(checked) < len(rows) else ""))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- command line
+
+def _default_notebooks() -> list[Path]:
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        found = sorted((root / "chapters").glob("*.ipynb"))
+        if found:
+            return found
+    return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m transformer_book.classroom", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("student", help="write the student edition (solutions removed)")
+    p.add_argument("outdir", type=Path)
+    p.add_argument("notebooks", nargs="*", type=Path)
+    p.add_argument("--colab-base", default=None,
+                   help="where the student copies will live, for the Colab badge: a GitHub folder URL "
+                        "(https://github.com/ORG/REPO/blob/BRANCH/DIR) or a Colab URL prefix")
+    p = sub.add_parser("solutions", help="write the solutions edition (the chapters, outputs cleared)")
+    p.add_argument("outdir", type=Path)
+    p.add_argument("notebooks", nargs="*", type=Path)
+    p = sub.add_parser("check", help="validate the exercise cells of notebooks")
+    p.add_argument("notebooks", nargs="*", type=Path)
+    p = sub.add_parser("grade", help="run a learner's notebook and print exercise -> result")
+    p.add_argument("notebook", type=Path)
+    p.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "grade":
+            if not args.notebook.is_file():
+                print(f"grade: no such notebook: {args.notebook}", file=sys.stderr)
+                return 2
+            if args.timeout <= 0:
+                print(f"grade: --timeout must be a positive number of seconds, got {args.timeout}", file=sys.stderr)
+                return 2
+            rows = grade_notebook(args.notebook, timeout=args.timeout)
+            print(format_grades(rows, title=str(args.notebook)))
+            if args.json:
+                args.json.write_text(json.dumps([r.__dict__ for r in rows], indent=1) + "\n", encoding="utf-8")
+            checked = [r for r in rows if r.status != "not checked"]
+            return 0 if checked and all(r.status == "passed" for r in checked) else 1
+        notebooks = args.notebooks or _default_notebooks()
+        if not notebooks:
+            print(f"{args.command}: no notebooks given and no chapters/*.ipynb found", file=sys.stderr)
+            return 2
+        if args.command == "check":
+            for path in notebooks:
+                found = parse_exercises(_load(path), str(path))
+                print(f"{path}: {len(found)} exercises ok")
+            return 0
+        written = write_edition(args.command, args.outdir, notebooks, colab_base=getattr(args, "colab_base", None))
+        print(f"wrote the {args.command} edition of {len(written)} notebooks to {args.outdir}")
+        return 0
+    except (ExerciseFormatError, ValueError) as err:
+        print(f"{args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
