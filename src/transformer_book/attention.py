@@ -1,0 +1,383 @@
+"""Attention (chapter 4): scaled dot-product attention and multi-head attention, from scratch.
+
+.. math::
+
+    \\mathrm{Attention}(Q, K, V) = \\mathrm{softmax}\\!\\left(\\frac{Q K^\\top}{\\sqrt{d_k}}\\right) V
+
+(Vaswani et al., 2017). :class:`MultiHeadAttention` runs ``n_heads`` of these side by side on
+learned projections; with ``n_kv_heads < n_heads`` several query heads share one key/value
+head: grouped-query attention (Ainslie et al., 2023), and multi-query attention when
+``n_kv_heads == 1`` (Shazeer, 2019).
+
+Masks follow :mod:`transformer_book.masks`: boolean, ``True`` = may attend, broadcastable to
+``(B, H, T_q, T_k)``. An additive float mask (ALiBi, relative-position biases, or a mask in
+``0/-inf`` form) goes into the separate ``bias=`` argument; passing a float tensor as ``mask``
+is a ``TypeError``, so the two kinds can never be confused. A query whose row is entirely
+masked gets all-zero weights and an all-zero output (finite gradients), the same result as
+``torch.nn.functional.scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from transformer_book.masks import check_mask
+
+__all__ = [
+    "scaled_dot_product_attention",
+    "repeat_kv",
+    "split_heads",
+    "merge_heads",
+    "MultiHeadAttention",
+    "attention_param_count",
+    "attention_flops",
+    "attention_flops_breakdown",
+]
+
+
+def _check_tensor(name: str, x: object, min_dim: int = 2) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dimensions (..., T, D), got shape {tuple(x.shape)}")
+    return x
+
+
+def scaled_dot_product_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    *,
+    bias: Tensor | None = None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """Attention of queries ``q`` over keys ``k`` and values ``v``; returns ``(output, weights)``.
+
+    Shapes (any number of leading batch dimensions, written ``(B, H)`` here):
+
+    * ``q``: ``(B, H, T_q, D)``, ``k``: ``(B, H, T_k, D)``, ``v``: ``(B, H, T_k, D_v)``;
+    * ``mask``: boolean, ``True`` = may attend, broadcastable to ``(B, H, T_q, T_k)``;
+    * ``bias``: float, added to the scaled scores, broadcastable to ``(B, H, T_q, T_k)``
+      (``-inf`` entries block, as in an additive mask);
+    * returns ``output`` ``(B, H, T_q, D_v)`` and ``weights`` ``(B, H, T_q, T_k)`` (each row sums
+      to 1, or is all zero when the row has nothing to attend to).
+
+    ``scale`` defaults to ``1 / sqrt(D)``. ``dropout_p`` drops attention weights (during
+    training); the returned ``weights`` are the probabilities *before* dropout.
+    """
+    q, k, v = _check_tensor("q", q), _check_tensor("k", k), _check_tensor("v", v)
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"q, k, v must share a dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must have the same head size D (last dimension): got q "
+                         f"{tuple(q.shape)} and k {tuple(k.shape)}")
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"k and v must have the same number of keys T_k (dimension -2): got k "
+                         f"{tuple(k.shape)} and v {tuple(v.shape)}")
+    if not q.shape[:-2] == k.shape[:-2] == v.shape[:-2]:
+        raise ValueError(f"q, k, v must have the same leading (batch, head) dimensions: got q "
+                         f"{tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} "
+                         "(for grouped-query attention, expand k and v with repeat_kv first)")
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number, got {scale!r}")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
+
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T_q, T_k)
+    if bias is not None:
+        if not isinstance(bias, Tensor) or not bias.is_floating_point():
+            kind = bias.dtype if isinstance(bias, Tensor) else type(bias).__name__
+            raise TypeError(f"bias must be a floating-point tensor (an additive mask), got {kind}; "
+                            "a boolean mask (True = may attend) goes into `mask=`")
+        try:
+            ok = tuple(torch.broadcast_shapes(bias.shape, scores.shape)) == tuple(scores.shape)
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"bias of shape {tuple(bias.shape)} cannot be broadcast to the attention "
+                             f"scores' shape {tuple(scores.shape)} (..., T_q, T_k)")
+        scores = scores + bias.to(scores.dtype)
+    if mask is not None:
+        mask = check_mask(mask, scores.shape, name="mask")
+        scores = scores.masked_fill(~mask, float("-inf"))
+    if mask is not None or bias is not None:
+        # A row with nothing to attend to is all -inf, and softmax would give 0/0 = NaN.
+        # Give it finite scores (any value works), then zero its weights after the softmax.
+        allowed = scores > float("-inf")
+        empty = ~allowed.any(dim=-1, keepdim=True)
+        scores = scores.masked_fill(empty, 0.0)
+        weights = torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
+    else:
+        weights = torch.softmax(scores, dim=-1)
+    dropped = F.dropout(weights, p=dropout_p, training=True) if dropout_p > 0 else weights
+    return dropped @ v, weights
+
+
+def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    """Repeat each key/value head ``n_rep`` times: ``(B, H_kv, T, D)`` -> ``(B, H_kv * n_rep, T, D)``.
+
+    Query head ``h`` of grouped-query attention reads key/value head ``h // n_rep``, so the
+    copies of one head sit next to each other (``repeat_interleave``, not ``repeat``).
+    """
+    _check_tensor("x", x, min_dim=4)
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape (B, H_kv, T, D), got shape {tuple(x.shape)}")
+    if isinstance(n_rep, bool) or not isinstance(n_rep, int) or n_rep < 1:
+        raise ValueError(f"n_rep must be a positive int, got {n_rep!r}")
+    if n_rep == 1:
+        return x
+    b, h, t, d = x.shape
+    # expand makes a view; the reshape copies once.
+    return x[:, :, None, :, :].expand(b, h, n_rep, t, d).reshape(b, h * n_rep, t, d)
+
+
+def split_heads(x: Tensor, n_heads: int) -> Tensor:
+    """``(B, T, H * D)`` -> ``(B, H, T, D)``: cut the channels into ``n_heads`` groups of ``D``."""
+    _check_tensor("x", x, min_dim=3)
+    if x.dim() != 3:
+        raise ValueError(f"x must have shape (B, T, C), got shape {tuple(x.shape)}")
+    if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1:
+        raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
+    b, t, c = x.shape
+    if c % n_heads:
+        raise ValueError(f"the channel count C={c} of x {tuple(x.shape)} must be divisible by n_heads={n_heads}")
+    return x.view(b, t, n_heads, c // n_heads).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """``(B, H, T, D)`` -> ``(B, T, H * D)``: the inverse of :func:`split_heads`."""
+    _check_tensor("x", x, min_dim=4)
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape (B, H, T, D), got shape {tuple(x.shape)}")
+    b, h, t, d = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * d)
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _check_head_counts(d_model: int, n_heads: int, n_kv_heads: int | None) -> int:
+    _positive_int("d_model", d_model)
+    _positive_int("n_heads", n_heads)
+    if d_model % n_heads:
+        raise ValueError(f"n_heads={n_heads} must divide d_model={d_model} (each head gets d_model / n_heads "
+                         "channels)")
+    if n_kv_heads is None:
+        return n_heads
+    _positive_int("n_kv_heads", n_kv_heads)
+    if n_heads % n_kv_heads:
+        raise ValueError(f"n_kv_heads={n_kv_heads} must divide n_heads={n_heads} (each key/value head "
+                         "serves an equal group of query heads)")
+    return n_kv_heads
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with optional grouped-query / multi-query key-value heads.
+
+    ``n_heads`` query heads of size ``D = d_model // n_heads``; ``n_kv_heads`` key/value heads
+    (default ``n_heads``: ordinary multi-head attention; ``1``: multi-query attention; in
+    between: grouped-query attention). Projections ``q_proj``, ``k_proj``, ``v_proj`` and
+    ``out_proj`` are ``nn.Linear`` layers with ``bias`` on or off.
+
+    ``backend="book"`` computes attention with :func:`scaled_dot_product_attention` (the
+    chapter's code). ``backend="torch"`` calls ``F.scaled_dot_product_attention`` whenever the
+    weights are not requested (``need_weights=False``) and there is no ``bias``: same numbers
+    (same mask convention, same all-zero rows), faster; later chapters train with it.
+
+    Hooks for later chapters: :meth:`project_q` and :meth:`project_kv` expose the projections
+    in head layout, and ``forward(..., kv=(k, v))`` attends over keys/values computed elsewhere
+    (a KV cache appends new ``project_kv`` results and passes the whole cache).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int | None = None,
+        *,
+        bias: bool = True,
+        dropout: float = 0.0,
+        backend: Literal["book", "torch"] = "book",
+    ) -> None:
+        super().__init__()
+        n_kv_heads = _check_head_counts(d_model, n_heads, n_kv_heads)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        if backend not in ("book", "torch"):
+            raise ValueError(f"backend must be 'book' or 'torch', got {backend!r}")
+        self.d_model, self.n_heads, self.n_kv_heads = d_model, n_heads, n_kv_heads
+        self.head_dim = d_model // n_heads
+        self.dropout, self.backend = float(dropout), backend
+        kv_dim = n_kv_heads * self.head_dim
+        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(d_model, kv_dim, bias=bias)
+        self.v_proj = nn.Linear(d_model, kv_dim, bias=bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
+                f"head_dim={self.head_dim}, dropout={self.dropout}, backend={self.backend!r}")
+
+    def _check_stream(self, name: str, x: object) -> Tensor:
+        x = _check_tensor(name, x, min_dim=3)
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"{name} must have shape (B, T, d_model={self.d_model}), got shape {tuple(x.shape)}")
+        return x
+
+    def project_q(self, x: Tensor) -> Tensor:
+        """Queries in head layout: ``(B, T, d_model)`` -> ``(B, n_heads, T, D)``."""
+        return split_heads(self.q_proj(self._check_stream("x", x)), self.n_heads)
+
+    def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values in head layout: ``(B, T, d_model)`` -> two ``(B, n_kv_heads, T, D)``."""
+        x = self._check_stream("x", x)
+        return split_heads(self.k_proj(x), self.n_kv_heads), split_heads(self.v_proj(x), self.n_kv_heads)
+
+    def forward(
+        self,
+        x_q: Tensor,
+        x_kv: Tensor | None = None,
+        mask: Tensor | None = None,
+        *,
+        bias: Tensor | None = None,
+        kv: tuple[Tensor, Tensor] | None = None,
+        need_weights: bool = True,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend from ``x_q`` ``(B, T_q, d_model)`` to ``x_kv`` ``(B, T_k, d_model)``.
+
+        ``x_kv=None`` is self-attention (``x_kv = x_q``); a different ``x_kv`` is
+        cross-attention (``T_q`` and ``T_k`` may differ). Instead of ``x_kv`` one may pass
+        ``kv=(k, v)``, already projected, each ``(B, n_kv_heads, T_k, D)``.
+        ``mask`` (boolean, ``True`` = may attend) and ``bias`` (additive float) broadcast to
+        ``(B, n_heads, T_q, T_k)``.
+
+        Returns ``(output, weights)``: ``output`` ``(B, T_q, d_model)`` and ``weights``
+        ``(B, n_heads, T_q, T_k)``, or ``None`` when ``need_weights=False``.
+        """
+        q = self.project_q(self._check_stream("x_q", x_q))
+        if kv is not None:
+            if x_kv is not None:
+                raise ValueError("pass either x_kv (to be projected) or kv=(k, v) (already projected), not both")
+            if not (isinstance(kv, (tuple, list)) and len(kv) == 2):
+                raise TypeError(f"kv must be a pair (k, v), got {type(kv).__name__}")
+            k, v = (_check_tensor(n, t, min_dim=4) for n, t in zip(("kv[0]", "kv[1]"), kv))
+            expected = (q.shape[0], self.n_kv_heads, k.shape[2], self.head_dim)
+            for name, t in (("kv[0]", k), ("kv[1]", v)):
+                if tuple(t.shape) != expected:
+                    raise ValueError(f"{name} must have shape (B={expected[0]}, n_kv_heads={expected[1]}, "
+                                     f"T_k, D={expected[3]}), got shape {tuple(t.shape)}")
+        else:
+            x_kv = x_q if x_kv is None else self._check_stream("x_kv", x_kv)
+            if x_kv.shape[0] != x_q.shape[0]:
+                raise ValueError(f"x_q {tuple(x_q.shape)} and x_kv {tuple(x_kv.shape)} must have the same batch size B")
+            k, v = self.project_kv(x_kv)
+        n_rep = self.n_heads // self.n_kv_heads
+        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.backend == "torch" and not need_weights and bias is None:
+            if mask is not None:
+                check_mask(mask, (q.shape[0], self.n_heads, q.shape[2], k.shape[2]))
+            out, weights = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p), None
+        else:
+            out, weights = scaled_dot_product_attention(q, k, v, mask, bias=bias, dropout_p=dropout_p)
+        return self.out_proj(merge_heads(out)), (weights if need_weights else None)
+
+    @torch.no_grad()
+    def load_torch_weights(self, mha: nn.MultiheadAttention) -> MultiHeadAttention:
+        """Copy the weights of a ``torch.nn.MultiheadAttention`` into this module (returns ``self``).
+
+        PyTorch packs the three input projections into one ``in_proj_weight`` ``(3C, C)``
+        (rows: queries, keys, values); we keep three ``nn.Linear`` layers. Only the standard
+        configuration maps: same ``embed_dim``/``num_heads``, ``kdim = vdim = embed_dim``, no
+        ``add_bias_kv``, no ``add_zero_attn``, biases on both or off on both, and this module
+        with ``n_kv_heads == n_heads``.
+        """
+        if not isinstance(mha, nn.MultiheadAttention):
+            raise TypeError(f"mha must be a torch.nn.MultiheadAttention, got {type(mha).__name__}")
+        if (mha.embed_dim, mha.num_heads) != (self.d_model, self.n_heads):
+            raise ValueError(f"mha has embed_dim={mha.embed_dim}, num_heads={mha.num_heads}; this module has "
+                             f"d_model={self.d_model}, n_heads={self.n_heads}: they must match")
+        if self.n_kv_heads != self.n_heads:
+            raise ValueError(f"nn.MultiheadAttention has no grouped key/value heads; this module has "
+                             f"n_kv_heads={self.n_kv_heads} != n_heads={self.n_heads}")
+        if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:
+            raise ValueError("only nn.MultiheadAttention with kdim = vdim = embed_dim, add_bias_kv=False and "
+                             "add_zero_attn=False maps onto this module")
+        has_bias = mha.in_proj_bias is not None
+        if has_bias != (self.q_proj.bias is not None):
+            raise ValueError(f"mha has bias={has_bias} but this module has bias={self.q_proj.bias is not None}")
+        for proj, w in zip((self.q_proj, self.k_proj, self.v_proj), mha.in_proj_weight.chunk(3, dim=0)):
+            proj.weight.copy_(w)
+        self.out_proj.weight.copy_(mha.out_proj.weight)
+        if has_bias:
+            for proj, b in zip((self.q_proj, self.k_proj, self.v_proj), mha.in_proj_bias.chunk(3, dim=0)):
+                proj.bias.copy_(b)
+            self.out_proj.bias.copy_(mha.out_proj.bias)
+        return self
+
+    @classmethod
+    def from_torch(cls, mha: nn.MultiheadAttention) -> MultiHeadAttention:
+        """A :class:`MultiHeadAttention` with the weights (and dropout) of ``mha``."""
+        if not isinstance(mha, nn.MultiheadAttention):
+            raise TypeError(f"mha must be a torch.nn.MultiheadAttention, got {type(mha).__name__}")
+        ours = cls(mha.embed_dim, mha.num_heads, bias=mha.in_proj_bias is not None, dropout=mha.dropout)
+        ours = ours.to(device=mha.out_proj.weight.device, dtype=mha.out_proj.weight.dtype)
+        return ours.load_torch_weights(mha)
+
+
+def attention_param_count(d_model: int, n_heads: int, n_kv_heads: int | None = None, *, bias: bool = True) -> int:
+    """Number of parameters of ``MultiHeadAttention(d_model, n_heads, n_kv_heads, bias=bias)``.
+
+    Queries and output: ``d_model x d_model`` each; keys and values: ``d_model x (n_kv_heads * D)``
+    each, ``D = d_model / n_heads``; plus one bias per output channel when ``bias``.
+    Independent of the sequence length.
+    """
+    n_kv_heads = _check_head_counts(d_model, n_heads, n_kv_heads)
+    kv_dim = n_kv_heads * (d_model // n_heads)
+    weights = 2 * d_model * d_model + 2 * d_model * kv_dim
+    biases = (2 * d_model + 2 * kv_dim) if bias else 0
+    return weights + biases
+
+
+def attention_flops_breakdown(
+    d_model: int, n_heads: int, n_kv_heads: int | None = None, *, t_q: int, t_k: int | None = None, batch: int = 1
+) -> dict[str, int]:
+    """Floating-point operations of one forward pass, by matrix product.
+
+    Counts ``2 * m * n * k`` for every ``(m x k) @ (k x n)`` product (a multiply and an add per
+    term), the convention of ``torch.utils.flop_counter``; the softmax, scaling, masking and
+    bias additions are ``O(T_q T_k)`` or ``O(T d)`` and left out. Self-attention: ``t_k = t_q``.
+    """
+    n_kv_heads = _check_head_counts(d_model, n_heads, n_kv_heads)
+    t_q = _positive_int("t_q", t_q)
+    t_k = t_q if t_k is None else _positive_int("t_k", t_k)
+    batch = _positive_int("batch", batch)
+    d = d_model // n_heads
+    return {
+        "q_proj": 2 * batch * t_q * d_model * d_model,
+        "kv_proj": 2 * 2 * batch * t_k * d_model * n_kv_heads * d,
+        "scores": 2 * batch * n_heads * t_q * t_k * d,  # Q K^T
+        "weighted_sum": 2 * batch * n_heads * t_q * t_k * d,  # weights @ V
+        "out_proj": 2 * batch * t_q * d_model * d_model,
+    }
+
+
+def attention_flops(
+    d_model: int, n_heads: int, n_kv_heads: int | None = None, *, t_q: int, t_k: int | None = None, batch: int = 1
+) -> int:
+    """Total of :func:`attention_flops_breakdown`: ``4 T d^2 (1 + H_kv/H) + 4 H T_q T_k D`` for self-attention."""
+    return sum(attention_flops_breakdown(d_model, n_heads, n_kv_heads, t_q=t_q, t_k=t_k, batch=batch).values())
