@@ -217,17 +217,26 @@ def _first_line(node: ast.AST) -> int:
     return min([d.lineno for d in decorators] + [node.lineno])
 
 
-def _stub_def(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str], message: str, at: str) -> str:
+def _stub_def(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str], message: str, at: str,
+              need_docstring: bool = True) -> str:
+    """Decorators + signature (+ docstring) of ``node`` as written, then ``raise NotImplementedError``."""
     doc = _docstring_node(node)
+    body = node.body[0]
+    if body.lineno == node.lineno or (doc is not None and doc.lineno == node.lineno):
+        raise ExerciseFormatError(f"{at}: put the body of {node.name!r} (line {node.lineno}) on its own lines")
     if doc is None:
-        raise ExerciseFormatError(f"{at}: function {node.name!r} (line {node.lineno}) has no docstring; the "
-                                  f"student edition keeps the signature and docstring, so write one")
-    if doc.lineno == node.lineno or doc.end_lineno is None:
-        raise ExerciseFormatError(f"{at}: put the docstring of {node.name!r} on its own line(s)")
-    if len(node.body) > 1 and node.body[1].lineno == doc.end_lineno:
-        raise ExerciseFormatError(f"{at}: {node.name!r}: nothing may follow the docstring on its last line")
-    head = lines[_first_line(node) - 1: doc.end_lineno]
-    indent = lines[doc.lineno - 1][: len(lines[doc.lineno - 1]) - len(lines[doc.lineno - 1].lstrip())]
+        if need_docstring:
+            raise ExerciseFormatError(f"{at}: function {node.name!r} (line {node.lineno}) has no docstring; the "
+                                      f"student edition keeps the signature and docstring, so write one")
+        head = lines[_first_line(node) - 1: body.lineno - 1]
+        while head and (not head[-1].strip() or head[-1].lstrip().startswith("#")):
+            head.pop()  # comments before the first statement belong to the solution
+        indent = " " * body.col_offset
+    else:
+        if len(node.body) > 1 and node.body[1].lineno == doc.end_lineno:
+            raise ExerciseFormatError(f"{at}: {node.name!r}: nothing may follow the docstring on its last line")
+        head = lines[_first_line(node) - 1: doc.end_lineno]
+        indent = " " * doc.col_offset
     return "\n".join(head + [f"{indent}raise NotImplementedError({_quote(message)})"])
 
 
@@ -246,7 +255,8 @@ def _stub_class(node: ast.ClassDef, lines: list[str], label: str, at: str) -> st
             if item.name.startswith("_") and not (item.name.startswith("__") and item.name.endswith("__")):
                 continue
             out.append("")
-            out.append(_stub_def(item, lines, f"Exercise {label}: write this method (see the exercise above)", at))
+            out.append(_stub_def(item, lines, f"Exercise {label}: write this method (see the exercise above)", at,
+                                 need_docstring=False))
             methods += 1
         else:  # class attributes (dataclass fields, constants) are the interface: keep them
             out.extend(lines[_first_line(item) - 1: item.end_lineno])

@@ -1,0 +1,380 @@
+"""transformer_book.classroom: exercise-cell validation, the student and solutions editions, grading."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from transformer_book import classroom
+from transformer_book.classroom import (
+    ExerciseFormatError,
+    grade_executed,
+    parse_exercises,
+    stub_solution,
+    student_notebook,
+)
+from transformer_book.exercises.core import Case, check_function
+
+FIXTURE = Path(__file__).parent / "fixtures" / "classroom" / "99_fixture.ipynb"
+BADGE = ("[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+         "(https://colab.research.google.com/github/o/r/blob/main/chapters/99_fixture.ipynb)")
+F = "```"
+
+
+def load_fixture() -> dict:
+    return classroom._load(FIXTURE)
+
+
+def md(text: str) -> dict:
+    return {"cell_type": "markdown", "metadata": {}, "source": text}
+
+
+def code(text: str, *tags: str) -> dict:
+    return {"cell_type": "code", "metadata": {"tags": list(tags)} if tags else {}, "outputs": [],
+            "execution_count": None, "source": text}
+
+
+def exercise(label: str, title: str = "Title") -> dict:
+    return md(f"{F}{{exercise}} {title}\n:label: {label}\n\nWrite it.\n{F}")
+
+
+def start(label: str) -> dict:
+    return md(f"{F}{{solution-start}} {label}\n:class: dropdown\n{F}")
+
+
+END = md(f"{F}{{solution-end}}\n{F}")
+SOLVED = 'def f(x):\n    """Double x."""\n    return 2 * x'
+
+
+def notebook(*cells: dict) -> dict:
+    return {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [md("# Chapter 9: T"), *cells]}
+
+
+# --------------------------------------------------------------------------- stubbing a solution cell
+
+def test_stub_keeps_signature_and_docstring():
+    src = '''import torch
+from math import sqrt
+
+SCALE = 2.0
+UNUSED = 3
+
+
+@torch.no_grad()
+def attend(q, k,
+           v, scale=SCALE):  # a comment in the signature
+    """Attention.
+
+    q: (B, T, D)
+    """
+    s = q @ k.mT / sqrt(q.shape[-1])
+    return s.softmax(-1) @ v
+
+
+def _helper(x):
+    return x
+
+
+print(attend)
+'''
+    out = stub_solution(src, "ex-04-attend")
+    assert out == '''import torch
+
+from math import sqrt
+
+SCALE = 2.0
+
+
+@torch.no_grad()
+def attend(q, k,
+           v, scale=SCALE):  # a comment in the signature
+    """Attention.
+
+    q: (B, T, D)
+    """
+    raise NotImplementedError("Exercise ex-04-attend: write this function (see the exercise above)")'''
+    ast.parse(out)
+
+
+def test_stub_keeps_assignments_needed_in_turn():
+    src = 'BASE = 10\nEPS = 1.0 / BASE\nJUNK = 1\n\ndef f(x, eps=EPS):\n    """F."""\n    return x + eps\n'
+    out = stub_solution(src, "ex-01-f")
+    assert "BASE = 10" in out and "EPS = 1.0 / BASE" in out and "JUNK" not in out
+
+
+def test_stub_class_and_async():
+    src = '''from dataclasses import dataclass
+import torch.nn as nn
+
+
+class Head(nn.Module):
+    """One attention head."""
+
+    d: int = 4
+
+    def __init__(self, d):
+        super().__init__()
+        self.d = d
+
+    def forward(self, x):
+        """x: (B, T, C)"""
+        return self._mix(x)
+
+    def _mix(self, x):
+        return x
+
+
+async def fetch(n):
+    """Async too."""
+    return n
+'''
+    out = stub_solution(src, "ex-04-head")
+    tree = ast.parse(out)
+    head = next(n for n in tree.body if isinstance(n, ast.ClassDef))
+    names = [n.name for n in head.body if isinstance(n, ast.FunctionDef)]
+    assert names == ["__init__", "forward"]  # the private helper is the solution's
+    assert "d: int = 4" in out
+    assert out.count('raise NotImplementedError("Exercise ex-04-head: write this method') == 2
+    assert 'raise NotImplementedError("Exercise ex-04-head: write this function' in out  # fetch
+    assert "super().__init__()" not in out and "return x" not in out
+
+
+def test_stub_init_without_docstring_is_fine_but_public_function_is_not():
+    with pytest.raises(ExerciseFormatError, match=r"cell 7: function 'f' \(line 1\) has no docstring"):
+        stub_solution("def f(x):\n    return x\n", "ex-01-f", where="nb.ipynb: cell 7")
+
+
+@pytest.mark.parametrize("src, match", [
+    ("x = 1\nprint(x)\n", "defines no public top-level function or class"),
+    ("def _only_private(x):\n    '''d'''\n    return x\n", "defines no public top-level function or class"),
+    ("def f(x:\n    pass\n", r"does not parse \(line 1"),
+    ('def f(x): """doc"""\n', "put the body of 'f' \\(line 1\\) on its own lines"),
+    ('def f(x):\n    """doc"""; return x\n', "nothing may follow the docstring"),
+    ('class C:\n    x = 1\n', "class 'C' .* has no docstring"),
+    ('class C:\n    """Doc."""\n    x = 1\n', "class 'C' has no method for the learner to write"),
+])
+def test_stub_refuses(src, match):
+    with pytest.raises(ExerciseFormatError, match=match):
+        stub_solution(src, "ex-01-f", where="nb.ipynb: cell 3")
+
+
+# --------------------------------------------------------------------------- validating a notebook
+
+def test_parse_fixture():
+    found = parse_exercises(load_fixture(), "fixture")
+    assert [e.label for e in found] == ["ex-99-softmax-t", "ex-99-merge-pair"]
+    first = found[0]
+    assert (first.title, first.statement, first.start, first.solutions, first.notes, first.end, first.checks) == \
+        ("Softmax with a temperature", 5, 6, [7], [8], 9, [10])
+
+
+def test_colon_fence_and_prose_only_exercise():
+    nb = notebook(md(":::{exercise} Think\n:label: ex-01-think\nWhy?\n:::"),
+                  md(":::{solution-start} ex-01-think\n:class: dropdown\n:::"), md("Because."),
+                  md(":::{solution-end}\n:::"))
+    (ex,) = parse_exercises(nb)
+    assert ex.label == "ex-01-think" and ex.notes == [3] and ex.solutions == []
+
+
+@pytest.mark.parametrize("cells, match", [
+    ([exercise("ex-01-f"), start("ex-01-f"), code("x = 1", "solution"), END],
+     r"nb: cell 3: the solution cell defines no public top-level function"),
+    ([exercise("ex-01-f"), start("ex-01-f"), code(SOLVED, "solution")],
+     r"nb: cell 2: solution-start for 'ex-01-f' has no solution-end after it"),
+    ([exercise("ex-01-f"), END], r"nb: cell 2: solution-end without a solution-start"),
+    ([exercise("ex-01-f"), code(SOLVED, "solution")],
+     r"nb: cell 2: code cell tagged 'solution' is not between a solution-start and a solution-end"),
+    ([exercise("ex-01-f"), start("ex-01-f"), code(SOLVED, "solution"), code("f(1)"), END],
+     r"nb: cell 4: code cell inside the solution of 'ex-01-f' is not tagged 'solution'"),
+    ([exercise("ex-01-f"), exercise("ex-01-f")], r"nb: cell 2: exercise label 'ex-01-f' is used twice"),
+    ([exercise("ex-01-f"), start("ex-01-g")], r"nb: cell 2: solution-start refers to 'ex-01-g', which no"),
+    ([exercise("ex-01-f"), exercise("ex-01-g"), start("ex-01-f")],
+     r"nb: cell 3: solution-start for 'ex-01-f' must follow that exercise"),
+    ([code("check(f)", "check")], r"nb: cell 1: check cell before any exercise cell"),
+    ([md(f"{F}{{exercise}} No label\nWrite.\n{F}")], r"nb: cell 1: exercise directive has no ':label:"),
+    ([exercise("softmax")], r"nb: cell 1: exercise label 'softmax' should look like 'ex-01-short-name'"),
+    ([exercise("ex-01-f"), start("ex-01-f"), exercise("ex-01-g")],
+     r"nb: cell 3: exercise directive inside the solution of 'ex-01-f' \(cell 2\)"),
+    ([exercise("ex-01-f"), start("ex-01-f"), END], r"nb: cell 3: the solution of 'ex-01-f' is empty"),
+    ([exercise("ex-01-f"), start("ex-01-f"), start("ex-01-f")], r"nb: cell 3: solution-start while the solution"),
+    ([exercise("ex-01-f"), start("ex-01-f"), code(SOLVED, "solution", "check"), END],
+     r"nb: cell 3: tagged both 'solution' and 'check'"),
+    ([md(f"{F}{{exercise}} A\n:label: ex-01-a\n{F}\n{F}{{solution-start}} ex-01-a\n{F}")],
+     r"nb: cell 1: holds more than one exercise/solution-start/solution-end directive"),
+])
+def test_malformed_notebooks_are_refused(cells, match):
+    with pytest.raises(ExerciseFormatError, match=match):
+        parse_exercises(notebook(*cells), "nb")
+
+
+# --------------------------------------------------------------------------- the editions
+
+def test_student_edition_of_fixture():
+    nb = load_fixture()
+    original = copy.deepcopy(nb)
+    nb["cells"][7]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "solved!"}]
+    nb["cells"][7]["execution_count"] = 3
+    out = student_notebook(nb, where="fixture")
+    nb["cells"][7]["outputs"], nb["cells"][7]["execution_count"] = [], None
+    assert nb == original  # the input is not changed
+    sources = [classroom._source(c) for c in out["cells"]]
+    text = "\n".join(sources)
+    assert "solution-start" not in text and "solution-end" not in text
+    assert "Subtracting the maximum" not in text  # the solution's explanation goes too
+    assert "z.max(dim=-1" not in text and "_matches" not in text and "islice" in text
+    assert len(out["cells"]) == len(nb["cells"]) - 5
+    stubs = [c for c in out["cells"] if "exercise" in c.get("metadata", {}).get("tags", [])]
+    assert [classroom._source(c).count("raise NotImplementedError") for c in stubs] == [1, 1]
+    assert all("solution" not in c.get("metadata", {}).get("tags", []) for c in out["cells"])
+    # the statements and the checks stay
+    assert sum("{exercise}" in s for s in sources) == 2
+    assert [s for s in sources if s.startswith("check_")] == ["check_softmax_t(softmax_t)", "check_merge_pair(merge_pair)"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None
+               for c in out["cells"] if c["cell_type"] == "code")
+    # no Colab address given: the badge (which points at the solved chapter) becomes a note
+    assert "colab.research.google.com/github" not in sources[0]
+    assert sources[0].startswith("# Chapter 99: A fixture for the classroom tools\n\n> **Student edition.**")
+    assert "File → Upload notebook" in sources[0]
+
+
+@pytest.mark.parametrize("base", [
+    "https://github.com/me/course/blob/main/student",
+    "https://colab.research.google.com/github/me/course/blob/main/student/",
+])
+def test_student_badge_points_at_student_copy(base):
+    out = student_notebook(load_fixture(), name="99_fixture.ipynb", colab_base=base)
+    first = classroom._source(out["cells"][0])
+    assert ("[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+            "(https://colab.research.google.com/github/me/course/blob/main/student/99_fixture.ipynb)") in first
+
+
+def test_bad_colab_base():
+    with pytest.raises(ValueError, match="colab_base must be a GitHub folder URL .* got 'ftp://x'"):
+        student_notebook(load_fixture(), name="a.ipynb", colab_base="ftp://x")
+
+
+def test_solutions_edition_is_the_chapter_without_outputs():
+    nb = load_fixture()
+    nb["cells"][10]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "x"}]
+    nb["metadata"]["widgets"] = {"state": {}}
+    out = classroom.solutions_notebook(nb)
+    assert [classroom._source(c) for c in out["cells"]] == [classroom._source(c) for c in nb["cells"]]
+    assert out["cells"][10]["outputs"] == [] and "widgets" not in out["metadata"]
+
+
+def test_cli_writes_editions(tmp_path, capsys):
+    assert classroom.main(["student", str(tmp_path / "s"), str(FIXTURE)]) == 0
+    assert classroom.main(["solutions", str(tmp_path / "k"), str(FIXTURE)]) == 0
+    assert classroom.main(["check", str(FIXTURE)]) == 0
+    out = capsys.readouterr().out
+    assert "wrote the student edition of 1 notebooks" in out and "2 exercises ok" in out
+    student = json.loads((tmp_path / "s" / FIXTURE.name).read_text())
+    assert "raise NotImplementedError" in "".join(classroom._source(c) for c in student["cells"])
+    solutions = json.loads((tmp_path / "k" / FIXTURE.name).read_text())
+    assert len(solutions["cells"]) == len(load_fixture()["cells"])
+
+
+def test_cli_refuses_malformed_and_writes_nothing(tmp_path, capsys):
+    bad = tmp_path / "02_bad.ipynb"
+    bad.write_text(json.dumps(notebook(exercise("ex-02-f"), start("ex-02-f"), code(SOLVED, "solution"))))
+    outdir = tmp_path / "out"
+    assert classroom.main(["student", str(outdir), str(FIXTURE), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: cell 2: solution-start for 'ex-02-f' has no solution-end after it" in err
+    assert not outdir.exists()  # validated first, written after
+    (tmp_path / "junk.ipynb").write_text("{not json")
+    assert classroom.main(["check", str(tmp_path / "junk.ipynb")]) == 2
+    assert "not a readable notebook" in capsys.readouterr().err
+
+
+def test_write_edition_refuses_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="kind must be 'student' or 'solutions', got 'teacher'"):
+        classroom.write_edition("teacher", tmp_path, [FIXTURE])
+    with pytest.raises(ValueError, match="notebooks is empty"):
+        classroom.write_edition("student", tmp_path, [])
+    with pytest.raises(ValueError, match="refusing to overwrite the source notebook"):
+        classroom.write_edition("solutions", FIXTURE.parent, [FIXTURE])
+
+
+# --------------------------------------------------------------------------- grading
+
+def test_verdict_line_format_is_what_grading_reads(capsys):
+    cases = [Case(args=(2,), label="two")]
+    for fn, status, detail in [(lambda x: 2 * x, "PASSED", "1/1 cases"),
+                               (lambda x: x, "FAILED", "0/1 cases passed")]:
+        check_function(fn, lambda x: 2 * x, cases, exercise="ex-01-double", name="double")
+        m = classroom.VERDICT_RE.match(capsys.readouterr().out)
+        assert m and m.group("exercise", "function", "status", "detail") == ("ex-01-double", "double", status, detail)
+
+
+def test_grade_executed_reads_outputs():
+    def out(text):
+        return [{"output_type": "stream", "name": "stdout", "text": text}]
+
+    nb = notebook(exercise("ex-01-a", "A"), code("check(a)", "check"),
+                  exercise("ex-01-b", "B"), code("check(b)", "check"),
+                  exercise("ex-01-c", "C"), code("check(c)", "check"),
+                  exercise("ex-01-d", "D"),
+                  exercise("ex-01-e", "E"), code("check(e)", "check"))
+    nb["cells"][2]["outputs"] = out("ex-01-a · a: PASSED (2/2 cases)\n  ✓ x; y\n")
+    nb["cells"][4]["outputs"] = out("ex-01-b · b1: PASSED (1/1 cases)\n") + \
+        out("ex-01-b · b2: FAILED (0/1 cases passed)\n  ✗ x: output is None\n")
+    nb["cells"][6]["outputs"] = [{"output_type": "error", "ename": "NameError", "evalue": "name 'c' is not defined",
+                                  "traceback": []}]
+    rows = grade_executed(nb)
+    assert [(r.exercise, r.status, r.functions) for r in rows] == [
+        ("ex-01-a", "passed", ["a"]), ("ex-01-b", "failed", ["b1", "b2"]), ("ex-01-c", "error", []),
+        ("ex-01-d", "not checked", []), ("ex-01-e", "no verdict", [])]
+    assert rows[2].detail == "NameError: name 'c' is not defined"
+    table = classroom.format_grades(rows)
+    assert "1 of 4 auto-checked exercises passed; 1 to grade by hand" in table
+    assert "ex-01-b   b1, b2    failed (0/1 cases passed)" in table
+
+
+@pytest.mark.slow
+def test_student_edition_runs_and_every_check_says_not_done(tmp_path):
+    written = classroom.write_edition("student", tmp_path, [FIXTURE])
+    executed = classroom.execute_notebook(classroom._load(written[0]), cwd=tmp_path, timeout=120,
+                                          allow_errors=False)
+    checks = [c for c in executed["cells"] if "check" in c.get("metadata", {}).get("tags", [])]
+    assert len(checks) == 2
+    for cell in checks:
+        text = "".join(classroom._output_text(o) for o in cell["outputs"])
+        assert text.count("not done yet") == 1, text  # printed once, not repeated by the display hook
+        assert "Traceback" not in text
+    assert [r.status for r in grade_executed(executed)] == ["not done", "not done"]
+
+
+@pytest.mark.slow
+def test_grade_command_on_a_learners_notebook(tmp_path, capsys):
+    student = classroom.student_notebook(load_fixture(), where="fixture")
+    for cell in student["cells"]:
+        src = classroom._source(cell)
+        if src.startswith("def softmax_t"):  # the overflow mistake
+            cell["source"] = src.split("    raise")[0] + "    e = (x / t).exp()\n    return e / e.sum(-1, keepdim=True)\n"
+        elif "def merge_pair" in src:
+            cell["source"] = (src.split("    raise")[0] + "    out, i = [], 0\n    while i < len(ids):\n"
+                              "        if tuple(ids[i:i + 2]) == tuple(pair):\n            out.append(new_id)\n"
+                              "            i += 2\n        else:\n            out.append(ids[i])\n            i += 1\n"
+                              "    return out\n")
+    path = tmp_path / "learner.ipynb"
+    path.write_text(json.dumps(student))
+    report = tmp_path / "grades.json"
+    assert classroom.main(["grade", str(path), "--timeout", "120", "--json", str(report)]) == 1
+    out = capsys.readouterr().out
+    assert "ex-99-softmax-t   softmax_t   failed (1/2 cases passed)" in out
+    assert "ex-99-merge-pair  merge_pair  passed (3/3 cases)" in out
+    assert "1 of 2 auto-checked exercises passed" in out
+    rows = json.loads(report.read_text())
+    assert [r["status"] for r in rows] == ["failed", "passed"]
+
+
+def test_grade_command_bad_arguments(tmp_path, capsys):
+    assert classroom.main(["grade", str(tmp_path / "missing.ipynb")]) == 2
+    assert "no such notebook" in capsys.readouterr().err
+    assert classroom.main(["grade", str(FIXTURE), "--timeout", "0"]) == 2
+    assert "--timeout must be a positive number of seconds, got 0" in capsys.readouterr().err
