@@ -259,6 +259,8 @@ def _stub_class(node: ast.ClassDef, lines: list[str], label: str, at: str) -> st
                                  need_docstring=False))
             methods += 1
         else:  # class attributes (dataclass fields, constants) are the interface: keep them
+            if out[-1].strip() and item.lineno - 1 >= 1 and not lines[_first_line(item) - 2].strip():
+                out.append("")
             out.extend(lines[_first_line(item) - 1: item.end_lineno])
     if not methods:
         raise ExerciseFormatError(f"{at}: class {node.name!r} has no method for the learner to write")
