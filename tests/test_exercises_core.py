@@ -175,6 +175,24 @@ def test_not_implemented_is_not_done(capsys):
     assert repr(report) == "<CheckReport ex-00-softmax-t · todo: not done yet>"
 
 
+def test_not_implemented_from_inside_a_library_is_an_error(capsys):
+    class Library:
+        def op(self, x):
+            raise NotImplementedError("this op is not implemented for sparse tensors")
+
+    lib = Library()
+    Library.op.__code__ = Library.op.__code__.replace(co_filename=torch.__file__)  # pretend it is torch's code
+
+    def calls_library(x, t):
+        return lib.op(x)
+
+    report = check_softmax_t(calls_library)
+    out = _verdict(capsys)
+    assert not report.not_done and not report.passed
+    assert "raised NotImplementedError: this op is not implemented for sparse tensors" in out
+    assert "(at line 2 of calls_library: return lib.op(x))" in out
+
+
 def test_not_callable(capsys):
     report = check_softmax_t(good_softmax_t(torch.tensor([1.0]), 1.0))
     out = _verdict(capsys)

@@ -243,6 +243,13 @@ def _array_summary(kind: str, dtype: str, shape: tuple, flat: list, total: int) 
 
 def summarize(x: Any, width: int = 80) -> str:
     """A one-line description of a value: type, dtype, shape and a few values for arrays."""
+    try:
+        return _summarize(x, width)
+    except Exception:  # a value that can't be printed (a meta tensor, a broken __repr__)
+        return f"a {type(x).__name__} (could not be printed)"
+
+
+def _summarize(x: Any, width: int) -> str:
     if _is_tensor(x):
         t = x.detach()
         flat = t.reshape(-1)[:4].cpu().tolist() if t.numel() else []
@@ -506,11 +513,12 @@ def _inject(thread: threading.Thread) -> None:
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(_StopRunaway))
 
 
-def _stop(thread: threading.Thread, grace_s: float) -> bool:
+def _stop(thread: threading.Thread, done: threading.Event, grace_s: float) -> bool:
     """Raise _StopRunaway in the thread until it ends (a loop may catch it once); True if it ended."""
     deadline = time.monotonic() + grace_s
     while thread.is_alive() and time.monotonic() < deadline:
-        _inject(thread)
+        if not done.is_set():  # never inject once the learner's function has returned
+            _inject(thread)
         thread.join(0.02)
     if thread.is_alive():
         # Give up; clear the pending exception so it doesn't fire at a random later moment.
@@ -536,14 +544,17 @@ def _run_limited(fn: Callable, args: tuple, kwargs: dict, timeout_s: float | Non
     def target() -> None:
         t0 = time.perf_counter()
         try:
-            out.value = fn(*args, **kwargs)
-        except _StopRunaway:
-            out.timed_out = True
-        except BaseException as err:  # SystemExit, KeyboardInterrupt, ... from the learner's code
-            out.error = err
-        finally:
-            out.seconds = time.perf_counter() - t0
-            done.set()
+            try:
+                out.value = fn(*args, **kwargs)
+            except _StopRunaway:
+                out.timed_out = True
+            except BaseException as err:  # SystemExit, KeyboardInterrupt, ... from the learner's code
+                out.error = err
+            finally:
+                out.seconds = time.perf_counter() - t0
+                done.set()
+        except _StopRunaway:  # arrived just as the function returned: nothing left to stop
+            pass
 
     thread = threading.Thread(target=target, name="exercise-check", daemon=True)
     thread.start()
@@ -551,11 +562,11 @@ def _run_limited(fn: Callable, args: tuple, kwargs: dict, timeout_s: float | Non
         finished = done.wait(timeout_s)
     except BaseException:
         # The learner pressed "interrupt" while their function ran: stop it too, then pass it on.
-        _stop(thread, _STOP_GRACE_S)
+        _stop(thread, done, _STOP_GRACE_S)
         raise
     if not finished:
         out.timed_out = True
-        out.stopped = _stop(thread, _STOP_GRACE_S)
+        out.stopped = _stop(thread, done, _STOP_GRACE_S)
         out.seconds = float(timeout_s)
         out.value, out.error = None, None
         return out
@@ -640,6 +651,20 @@ def _differs(a: Any, b: Any) -> bool:
         return compare_values(a, b, atol=0.0, rtol=0.0, check_dtype=True, where="x") is not None
     except Exception:
         return False
+
+
+def _is_placeholder(err: BaseException) -> bool:
+    """A NotImplementedError raised by a `raise` in the learner's code (not one from inside torch)."""
+    if not isinstance(err, NotImplementedError):
+        return False
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return True
+    last = frames[-1]
+    if not _is_learner_file(last.filename):
+        return False
+    line = (last.line or linecache.getline(last.filename, last.lineno)).strip()
+    return not line or line.startswith("raise")
 
 
 def _describe_error(err: BaseException, fn: Callable) -> str:
@@ -749,7 +774,7 @@ def check_function(
         args, kwargs = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
         outcome = _run_limited(fn, args, kwargs, timeout_s)
         result.seconds = outcome.seconds
-        if isinstance(outcome.error, NotImplementedError):
+        if outcome.error is not None and _is_placeholder(outcome.error):
             report.not_done = True
             result.status = NOT_DONE
             report.cases.append(result)
@@ -760,8 +785,9 @@ def check_function(
                                  f"(an endless loop? check the loop's exit condition)")
             else:
                 result.reason = (f"did not return within {timeout_s:g} s and could not be stopped: it is stuck "
-                                 f"inside one long C call (e.g. a huge tensor operation) and keeps running in "
-                                 f"the background; if the notebook gets slow, restart the kernel")
+                                 f"inside one long C call (e.g. a huge tensor operation) or catches every "
+                                 f"exception, and keeps running in the background; if the notebook gets slow, "
+                                 f"restart the kernel")
             result.received = "(nothing: stopped at the time limit)"
             stuck = True
         elif outcome.error is not None:
@@ -781,7 +807,10 @@ def check_function(
                 else:
                     msg = str(verdict)
             else:
-                msg = compare_values(expected, outcome.value, atol=c_atol, rtol=c_rtol, check_dtype=check_dtype)
+                try:
+                    msg = compare_values(expected, outcome.value, atol=c_atol, rtol=c_rtol, check_dtype=check_dtype)
+                except Exception as err:  # e.g. a sparse or meta tensor
+                    msg = f"output could not be compared with the expected value ({type(err).__name__}: {err})"
             changed = [] if allow_mutation else _mutated(case, args, kwargs)
             if changed:
                 names = ", ".join(f"`{_arg_name(reference, fn, k)}`" for k in changed)
