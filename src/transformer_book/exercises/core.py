@@ -574,11 +574,21 @@ def _run_limited(fn: Callable, args: tuple, kwargs: dict, timeout_s: float | Non
     return out
 
 
-_LIBRARY_DIRS = tuple(
-    os.path.normcase(os.path.realpath(p))
-    for p in {sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    if p
-) + (os.path.normcase(os.path.realpath(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),)
+def _library_dirs() -> tuple[str, ...]:
+    """Where the standard library, installed packages and this package live: not the learner's code."""
+    import site
+
+    dirs = {sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    try:
+        dirs.update(site.getsitepackages())
+        dirs.add(site.getusersitepackages())
+    except AttributeError:  # some embedded interpreters lack these
+        pass
+    dirs.add(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # transformer_book/
+    return tuple(sorted({os.path.normcase(os.path.realpath(d)) for d in dirs if d}))
+
+
+_LIBRARY_DIRS = _library_dirs()
 
 
 def _is_learner_file(filename: str) -> bool:
