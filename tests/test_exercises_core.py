@@ -600,7 +600,7 @@ def test_compare_values_rules():
     assert compare_values(torch.tensor([float("nan")]), torch.tensor([float("nan")])) is None
     assert "contains inf" in compare_values(torch.ones(2), torch.tensor([1.0, float("inf")]))
     assert compare_values((1, [2.0, "a"]), [1, (2.0, "a")]) is None  # list and tuple are interchangeable
-    assert compare_values(True, 1) == "output is a int; expected a bool (True)"
+    assert compare_values(True, 1) == "output is an int; expected a bool (True)"
     assert compare_values(3, 3.0) is None
     assert compare_values(None, 0) == "output is 0; expected None"
     assert "is a numpy array; expected a torch.Tensor" in compare_values(torch.ones(1), np.ones(1))

@@ -388,9 +388,12 @@ def _first_mismatch(where: str, e: Any, r: Any, wrong: Any, prefix: str | None =
 
 
 def _type_name(x: Any) -> str:
+    """'an int', 'a torch.Tensor', 'None'."""
     if x is None:
         return "None"
-    return f"a {type(x).__module__ + '.' if type(x).__module__ not in ('builtins',) else ''}{type(x).__name__}"
+    module = type(x).__module__
+    name = ("" if module == "builtins" else module.split(".")[0] + ".") + type(x).__name__
+    return ("an " if name[0].lower() in "aeiou" else "a ") + name
 
 
 def compare_values(expected: Any, received: Any, *, atol: float = 1e-5, rtol: float = 1e-4,
