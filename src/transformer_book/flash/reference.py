@@ -33,5 +33,5 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
         n_q, n_k = q.shape[2], k.shape[2]
         visible = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril()
         scores = scores.masked_fill(~visible, float("-inf"))
-    weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    weights = torch.softmax(scores, dim=-1)  # (B, H, N_q, N_k) again, in q's dtype
     return weights @ v
