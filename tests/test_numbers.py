@@ -145,6 +145,14 @@ def test_number_splits_are_disjoint_by_number_and_sized():
     train_sources = {tuple(src) for src, _ in s.train}
     assert not any(tuple(src) in train_sources for src, _ in s.test)
     assert s == number_splits(300, 50, 80, seed=2)
+    # Every drawn number below 100 is in train (there are some in the other splits' share).
+    drawn = sample_numbers(430, seed=2)
+    assert 50 < sum(x < 100 for x in drawn) == sum(x < 100 for x in s.train_numbers)
+    assert min(s.valid_numbers + s.test_numbers) >= 100
+    assert sorted(s.train_numbers + s.valid_numbers + s.test_numbers) == sorted(drawn)
+    mixed = number_splits(300, 50, 80, seed=2, train_below=0)
+    assert min(mixed.test_numbers) < 100  # without the rule small numbers land in test too
+    assert not set(mixed.train_numbers) & set(mixed.test_numbers)
 
 
 @pytest.mark.parametrize(
@@ -175,6 +183,10 @@ def test_number_splits_bad_input():
         number_splits(60, 30, 20, max_value=99)
     with pytest.raises(ValueError, match="lang must be one of"):
         number_splits(1, 1, 1, lang="en")
+    with pytest.raises(ValueError, match=r"n_train must be at least .* below train_below=100 \(100\), got 50"):
+        number_splits(50, 10, 500)
+    with pytest.raises(ValueError, match=r"train_below must be an int in \[0, 1000000\], got 2.5"):
+        number_splits(50, 10, 500, train_below=2.5)
     with pytest.raises(ValueError, match=r"value must be an int in \[0, 999999\], got 1000000"):
         english_words(1_000_000)
     with pytest.raises(ValueError, match=r"value must be an int.*got -1"):

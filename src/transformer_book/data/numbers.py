@@ -30,7 +30,9 @@ The range is 0-999,999 (:data:`MAX_VALUE`): beyond it German number words contai
 and inflect ("eine Million", "zwei Millionen"), which this chapter does not need.
 
 Splits are made **by number**: :func:`number_splits` draws distinct numbers, so a number in
-the test split never appears, in either language, in the training split.
+the test split never appears, in either language, in the training split. The numbers below
+100 always go to training: they are the words of the task ("zero" -> "null" appears in no
+other number), which no model could guess.
 """
 
 from __future__ import annotations
@@ -290,17 +292,24 @@ def number_splits(
     lang: str = "de",
     max_value: int = MAX_VALUE,
     seed: int = 0,
+    train_below: int = 100,
 ) -> NumberSplits:
     """Three sets of pairs with no number in common.
 
-    ``n_train + n_valid + n_test`` distinct numbers are drawn by :func:`sample_numbers` and
-    cut into three consecutive parts, so the splits are disjoint by construction and each has
-    the same spread over digit counts.
+    ``n_train + n_valid + n_test`` distinct numbers are drawn by :func:`sample_numbers`
+    (even over digit counts) and cut into three parts, so the splits are disjoint by
+    construction. Every drawn number below ``train_below`` goes to the training split (and
+    counts towards ``n_train``): those numbers are the *lexicon* of the task. "zero" -> "null"
+    occurs in no other number, and "eins" only in numbers that end in ...01, so a model that
+    never saw them could not possibly produce them. ``train_below=0`` turns this off.
+    The training pairs are shuffled; validation and test pairs keep the drawing order.
     """
     _check_lang(lang)
     for name, value in (("n_train", n_train), ("n_valid", n_valid), ("n_test", n_test)):
         _check_int(name, value, 0)
     _check_int("max_value", max_value, 0, MAX_VALUE)
+    _check_int("seed", seed, 0)
+    _check_int("train_below", train_below, 0, max_value + 1)
     total = n_train + n_valid + n_test
     if total > max_value + 1:
         raise ValueError(
@@ -308,8 +317,18 @@ def number_splits(
             f"(the numbers are distinct), got {n_train} + {n_valid} + {n_test} = {total}"
         )
     numbers = sample_numbers(total, max_value=max_value, seed=seed)
-    parts = numbers[:n_train], numbers[n_train:n_train + n_valid], numbers[n_train + n_valid:]
-    return NumberSplits(*(_pairs(p) for p in parts), *parts)
+    lexicon = [x for x in numbers if x < train_below]
+    if len(lexicon) > n_train:
+        raise ValueError(
+            f"n_train must be at least the number of drawn numbers below train_below={train_below} "
+            f"({len(lexicon)}), got {n_train}; raise n_train or lower train_below"
+        )
+    rest = [x for x in numbers if x >= train_below]
+    k = n_train - len(lexicon)
+    train = lexicon + rest[:k]
+    random.Random(seed).shuffle(train)
+    valid, test = rest[k:k + n_valid], rest[k + n_valid:]
+    return NumberSplits(_pairs(train), _pairs(valid), _pairs(test), train, valid, test)
 
 
 # --------------------------------------------------------------------------- vocabularies
