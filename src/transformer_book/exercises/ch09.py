@@ -1,0 +1,134 @@
+"""Checkers for the exercises of chapter 9 (FlashAttention).
+
+Each ``check_*`` runs the learner's function on a handful of cases, compares it with the book's
+implementation in :mod:`transformer_book.flash`, prints a short verdict and returns a
+:class:`~transformer_book.exercises.core.CheckReport`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from transformer_book.exercises.core import Case, CheckReport, check_function
+from transformer_book.flash import online_softmax_update, tiled_attention
+
+__all__ = ["check_online_update", "check_causal_block_kind", "check_merge_attention"]
+
+_NEG_INF = float("-inf")
+
+
+def _randn(*shape: int, seed: int, scale: float = 1.0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+# ----------------------------------------------------------------------------------------
+# ex-09-online-update
+# ----------------------------------------------------------------------------------------
+
+
+def check_online_update(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-09-online-update: ``fn(m, l, x_block) -> (m_new, l_new)``, one online-softmax step."""
+    rescale = ("When the maximum grows from m to m_new, the old sum was measured against m: multiply it "
+               "by exp(m - m_new) before adding sum(exp(x_block - m_new)).")
+    empty = ("Before the first block m = -inf and l = 0. If m_new is still -inf (every score so far is "
+             "-inf), exp(x - m_new) computes -inf - (-inf) = NaN: measure against 0 instead (the sum stays 0).")
+    start = (torch.full((3,), _NEG_INF), torch.zeros(3))
+    m1 = torch.tensor([0.5, -1.0, 2.0])
+    l1 = torch.tensor([1.0, 2.5, 1.2])
+    masked = _randn(3, 4, seed=3)
+    masked[:, 1] = _NEG_INF
+    cases = [
+        Case(args=(*start, _randn(3, 4, seed=1)), label="first block (m = -inf, l = 0)", hint=empty),
+        Case(args=(m1, l1, _randn(3, 5, seed=2, scale=4.0)), label="a block that raises the max", hint=rescale),
+        Case(args=(m1 + 10, l1, _randn(3, 2, seed=4)), label="a block below the max (no rescale)", hint=rescale),
+        Case(args=(m1, l1, masked), label="masked (-inf) scores in the block", hint=rescale),
+        Case(args=(*start, torch.full((3, 4), _NEG_INF)), label="an all -inf block first: (-inf, 0), no NaN",
+             hint=empty),
+        Case(args=(m1, l1, torch.tensor([[1e4, 1e4 - 2.0], [3.0, 1e4], [-5.0, -6.0]])),
+             label="scores of 1e4 (exp would overflow)",
+             hint="Never compute exp(x) on its own: subtract the (new) maximum first."),
+        Case(args=(torch.full((2, 3), _NEG_INF), torch.zeros(2, 3), _randn(2, 3, 6, seed=5)),
+             label="batched state (2, 3), block (2, 3, 6)",
+             hint="Reduce over the last dimension only: x_block.amax(dim=-1), .sum(dim=-1)."),
+    ]
+    return check_function(fn, reference=online_softmax_update, cases=cases, exercise="ex-09-online-update",
+                          quiet=quiet)
+
+
+# ----------------------------------------------------------------------------------------
+# ex-09-causal-blocks
+# ----------------------------------------------------------------------------------------
+
+
+def _causal_block_kind(q_start: int, q_stop: int, k_start: int, k_stop: int) -> str:
+    if k_start > q_stop - 1:  # the first key comes after the last query: nobody sees it
+        return "skip"
+    if k_stop - 1 <= q_start:  # the last key is at or before the first query: everybody sees all
+        return "full"
+    return "diagonal"
+
+
+def check_causal_block_kind(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-09-causal-blocks: ``fn(q_start, q_stop, k_start, k_stop) -> "skip" | "full" | "diagonal"``."""
+    full = ("A block is 'full' when even the first query (q_start) may see the last key (k_stop - 1): "
+            "k_stop - 1 <= q_start. Query i sees key j when j <= i, so equality counts.")
+    skip = ("A block is 'skip' when even the last query (q_stop - 1) may not see the first key "
+            "(k_start): k_start > q_stop - 1.")
+    diagonal = ("When neither rule holds, some (query, key) pairs of the block are visible and some are "
+                "not: 'diagonal', the block the kernel masks element by element.")
+    cases = [
+        Case(args=(0, 4, 0, 4), label="the first diagonal block", hint=diagonal),
+        Case(args=(4, 8, 0, 4), label="below the diagonal", hint=full),
+        Case(args=(0, 4, 4, 8), label="above the diagonal", hint=skip),
+        Case(args=(8, 16, 12, 16), label="tall query block (8 rows), key block inside its diagonal", hint=diagonal),
+        Case(args=(8, 16, 4, 8), label="tall query block, key block before it", hint=full),
+        Case(args=(0, 8, 8, 12), label="key block right after the query block", hint=skip),
+        Case(args=(5, 6, 5, 6), label="one query, one key, same position (visible: full)", hint=full),
+        Case(args=(5, 6, 6, 7), label="one query, the next key", hint=skip),
+        Case(args=(0, 4, 3, 7), label="blocks not aligned: keys 3..6 vs queries 0..3", hint=diagonal),
+        Case(args=(32, 37, 32, 40), label="ragged tail blocks", hint=diagonal),
+    ]
+    return check_function(fn, reference=_causal_block_kind, cases=cases, exercise="ex-09-causal-blocks",
+                          quiet=quiet)
+
+
+# ----------------------------------------------------------------------------------------
+# ex-09-merge-attention
+# ----------------------------------------------------------------------------------------
+
+
+def _merge_attention(o1, lse1, o2, lse2):
+    lse = torch.logaddexp(lse1, lse2)
+    safe = torch.where(torch.isneginf(lse), torch.zeros_like(lse), lse)
+    w1 = torch.exp(lse1 - safe).unsqueeze(-1)  # the share of the probability mass on part 1
+    w2 = torch.exp(lse2 - safe).unsqueeze(-1)
+    return w1 * o1 + w2 * o2, lse
+
+
+def _halves(n_q, n_k, split, d, seed, scale=1.0, causal=False):
+    q, k, v = (_randn(1, 2, n, d, seed=seed + i, scale=s) for i, (n, s) in enumerate(
+        ((n_q, scale), (n_k, scale), (n_k, 1.0))))
+    o1, lse1 = tiled_attention(q, k[:, :, :split], v[:, :, :split], return_lse=True, block_q=8, block_k=8)
+    o2, lse2 = tiled_attention(q, k[:, :, split:], v[:, :, split:], return_lse=True, block_q=8, block_k=8)
+    return o1, lse1, o2, lse2
+
+
+def check_merge_attention(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-09-merge-attention: ``fn(o1, lse1, o2, lse2) -> (o, lse)``: combine attention over two
+    disjoint sets of keys, each given as its normalised output ``(..., N, D)`` and log-sum-exp ``(..., N)``."""
+    weights = ("Part 1 holds a fraction exp(lse1 - lse) of the probability mass, with "
+               "lse = logaddexp(lse1, lse2); o = exp(lse1 - lse) * o1 + exp(lse2 - lse) * o2.")
+    overflow = ("exp(lse1) overflows when the scores are large: never exponentiate an lse on its own; "
+                "use differences lse1 - lse (which are <= 0).")
+    o1, lse1, _, _ = _halves(5, 12, 6, 8, seed=40)
+    empty_o, empty_lse = torch.zeros_like(o1), torch.full_like(lse1, _NEG_INF)
+    cases = [
+        Case(args=_halves(6, 12, 6, 8, seed=10), label="two equal halves of 12 keys", hint=weights),
+        Case(args=_halves(7, 20, 1, 4, seed=20), label="1 key vs 19 keys", hint=weights),
+        Case(args=_halves(4, 10, 5, 8, seed=30, scale=12.0), label="large scores (lse ~ 100s)", hint=overflow),
+        Case(args=(o1, lse1, empty_o, empty_lse), label="second part empty (lse = -inf, o = 0)",
+             hint="An empty part has lse = -inf: its weight exp(-inf - lse) is 0, and the result is the other part."),
+        Case(args=(empty_o, empty_lse, o1, lse1), label="first part empty", hint=weights),
+    ]
+    return check_function(fn, reference=_merge_attention, cases=cases, exercise="ex-09-merge-attention",
+                          quiet=quiet)
