@@ -236,3 +236,30 @@ def test_alibi_bad_input():
         alibi_bias(0, 3, 3)
     with pytest.raises(ValueError, match="n_heads must be an int >= 1, got 2.0"):
         alibi_slopes(2.0)
+
+
+# ---------------------------------------------------------------------------------- the views
+def test_figures_and_widgets():
+    pytest.importorskip("ipywidgets")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from transformer_book.viz.positions import rope_figure, rope_widget, sinusoidal_figure, sinusoidal_widget
+
+    fig = sinusoidal_figure(50, 16, position=10)
+    assert len(fig.axes) == 3  # heatmap, its colour bar, the similarity curve
+    plt.close(fig)
+    fig = rope_figure(position=7, pair=1, d_head=8)
+    assert "position 7" in fig.axes[0].get_title()
+    plt.close(fig)
+    with pytest.raises(ValueError, match=r"pair must be an int in \[0, 4\) .* got 4"):
+        rope_figure(pair=4, d_head=8)
+    with pytest.raises(ValueError, match=r"position must be an int in \[0, 50\) .* got 50"):
+        sinusoidal_figure(50, 16, position=50)
+    for widget, names in ((sinusoidal_widget(), ["d_model", "base", "position"]), (rope_widget(), ["position", "pair i"])):
+        sliders, _ = widget.children
+        assert [s.description for s in sliders.children] == names
+        sliders.children[0].value = sliders.children[0].value + 2  # moving a slider redraws without error
+    plt.close("all")

@@ -334,3 +334,30 @@ def test_training_one_megabyte_is_fast():
     elapsed = time.perf_counter() - start
     assert tok.vocab_size == 2000
     assert elapsed < 30, f"training 1 MB to 2,000 tokens took {elapsed:.1f} s"
+
+
+# ---------------------------------------------------------------------------------- the views
+def test_tokens_html_marks_unknowns_partial_bytes_and_counts(bpe):
+    from transformer_book.viz.tokens import UNKNOWN_COLOUR, token_pieces, tokens_html
+
+    char = CharTokenizer.from_text("abc")
+    page = tokens_html(char, "ab<z")
+    assert page.count(UNKNOWN_COLOUR) == 2 and "&lt;unk&gt;" in page and "4 tokens" in page
+    pieces = token_pieces(BPETokenizer(), "é🐍")  # no merges: one token per byte
+    assert [shown for _, shown, _ in pieces] == ["⟨c3⟩", "⟨a9⟩", "⟨f0⟩", "⟨9f⟩", "⟨90⟩", "⟨8d⟩"]
+    text = "def main():\n    pass\n"
+    assert "".join(shown for _, shown, _ in token_pieces(bpe, text)) == text
+    assert f"→ <b>{len(bpe.encode(text))} tokens</b>" in tokens_html(bpe, text)
+    with pytest.raises(TypeError, match=r"tokenizer must have an encode\(\) method, got object"):
+        tokens_html(object(), "x")
+
+
+def test_token_widget_updates_as_you_type(bpe):
+    pytest.importorskip("ipywidgets")
+    from transformer_book.viz.tokens import token_widget
+
+    widget = token_widget({"bpe": bpe, "char": CharTokenizer.from_text("abc")}, text="abc")
+    box, bpe_view, char_view = widget.children
+    assert "3 tokens" in char_view.value
+    box.value = "abcabc!"
+    assert "7 tokens" in char_view.value and f"{len(bpe.encode('abcabc!'))} tokens" in bpe_view.value
