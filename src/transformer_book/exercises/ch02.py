@@ -1,0 +1,96 @@
+"""Checkers for the exercises of chapter 2 (tokenization).
+
+Each ``check_*`` runs the learner's function on a handful of cases, compares it with the book's
+implementation in :mod:`transformer_book.tokenize`, prints a short verdict and returns a
+:class:`~transformer_book.exercises.core.CheckReport`.
+"""
+
+from __future__ import annotations
+
+from transformer_book.exercises.core import Case, CheckReport, check_function
+from transformer_book.tokenize import count_pairs, merge_pair
+
+__all__ = ["check_count_pairs", "check_merge_pair", "check_encode_chunk"]
+
+
+def _count_pairs_reference(ids):
+    return count_pairs(ids)
+
+
+def _as_plain_dict(expected, received):
+    """Accept a dict or a collections.Counter with the same items; say what differs otherwise."""
+    if not isinstance(received, dict):
+        return f"output is a {type(received).__name__}; expected a dict {{(left, right): count}}"
+    received = {k: v for k, v in received.items() if v != 0}  # a Counter may hold zeros
+    if received == expected:
+        return None
+    for pair, n in expected.items():
+        if received.get(pair) != n:
+            return f"the count of pair {pair} is {received.get(pair, 'missing')}; expected {n}"
+    extra = next(p for p in received if p not in expected)
+    return f"output holds the pair {extra!r}, which does not occur (or is not a (left, right) tuple)"
+
+
+def check_count_pairs(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-02-count-pairs: ``fn(ids) -> {(a, b): count}`` over adjacent pairs, overlaps included."""
+    overlap_hint = ("Every adjacent pair counts, overlapping ones too: [5, 5, 5] has the pair (5, 5) "
+                    "twice, at positions 0-1 and 1-2. Use zip(ids, ids[1:]).")
+    cases = [
+        Case(args=([1, 2, 3, 1, 2],), label="[1, 2, 3, 1, 2]", hint="(1, 2) occurs twice."),
+        Case(args=([5, 5, 5],), label="overlapping [5, 5, 5]", hint=overlap_hint),
+        Case(args=([7, 8],), label="two ids", hint="The last pair ends at the last id: n ids have n - 1 pairs."),
+        Case(args=([4],), label="one id (no pairs)", hint="Fewer than two ids: return an empty dict."),
+        Case(args=([],), label="empty list", hint="Fewer than two ids: return an empty dict."),
+        Case(args=(list(b"the cat sat on the mat"),), label="bytes of 'the cat sat on the mat'",
+             hint="Keys are tuples (left, right) of ints, values how often they occur."),
+    ]
+    return check_function(fn, reference=_count_pairs_reference, cases=cases, exercise="ex-02-count-pairs",
+                          compare=_as_plain_dict, quiet=quiet)
+
+
+def check_merge_pair(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-02-merge-pair: ``fn(ids, pair, new_id) -> list``, every occurrence replaced left to right."""
+    greedy_hint = ("Scan left to right; after a match, jump over both ids (i += 2), so occurrences "
+                   "do not overlap: [5, 5, 5] with (5, 5) -> [9, 5].")
+    cases = [
+        Case(args=([1, 2, 3, 1, 2], (1, 2), 9), label="two occurrences", hint=greedy_hint),
+        Case(args=([5, 5, 5], (5, 5), 9), label="overlapping [5, 5, 5]", hint=greedy_hint),
+        Case(args=([5, 5, 5, 5], (5, 5), 9), label="[5, 5, 5, 5]", hint=greedy_hint),
+        Case(args=([1, 3, 2], (1, 2), 9), label="no occurrence (1 and 2 not adjacent)",
+             hint="Only adjacent ids form a pair."),
+        Case(args=([3, 1, 2], (1, 2), 9), label="pair at the end",
+             hint="Check i + 1 < len(ids) before looking at ids[i + 1], and keep the last id."),
+        Case(args=([1, 2, 1], (1, 2), 9), label="last id left over",
+             hint="When the scan stops one short of the end, append the last id."),
+        Case(args=([2, 1], (1, 2), 9), label="pair in the wrong order", hint="(1, 2) is not (2, 1)."),
+        Case(args=([], (1, 2), 9), label="empty list", hint="Nothing to merge: return []."),
+    ]
+    return check_function(fn, reference=merge_pair, cases=cases, exercise="ex-02-merge-pair", quiet=quiet)
+
+
+def _encode_chunk_reference(data, merges):
+    ids = list(data)
+    for a, b, new_id in merges:  # rank order = the order of the list
+        ids = merge_pair(ids, (a, b), new_id)
+    return ids
+
+
+def check_encode_chunk(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-02-encode-chunk: ``fn(data: bytes, merges: list[(a, b, new_id)]) -> list[int]``."""
+    rank_hint = ("Merges must be applied in the order they were learned: the pair learned first goes first, "
+                 "wherever it is in the text — not the leftmost pair.")
+    worked = [(97, 97, 256), (97, 98, 257), (256, 257, 258)]  # 'aa', 'ab', 'aaab'
+    cases = [
+        Case(args=(b"hello", []), label="no merges", hint="With no merges every byte is a token: list(data)."),
+        Case(args=(b"", worked), label="empty bytes", hint="Nothing to encode: return []."),
+        Case(args=(b"aaabdaaabac", worked), label="the worked example 'aaabdaaabac'",
+             hint="Start from list(data); apply each merge to the whole sequence."),
+        Case(args=(b"abc", [(98, 99, 256), (97, 98, 257)]), label="'abc' where 'bc' was learned before 'ab'",
+             hint=rank_hint),
+        Case(args=(b"aaa", [(97, 97, 256), (256, 97, 257)]), label="'aaa' with 'aa' then 'aa'+'a'",
+             hint="A merge can use a token made by an earlier merge: apply them one after another."),
+        Case(args=("héé".encode(), [(0xC3, 0xA9, 256), (256, 256, 257)]), label="UTF-8 bytes of 'héé'",
+             hint="Work on the bytes, not the characters."),
+    ]
+    return check_function(fn, reference=_encode_chunk_reference, cases=cases, exercise="ex-02-encode-chunk",
+                          quiet=quiet)
