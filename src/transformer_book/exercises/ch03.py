@@ -1,0 +1,93 @@
+"""Checkers for the exercises of chapter 3 (embeddings and positions).
+
+Each ``check_*`` runs the learner's function on a handful of cases, compares it with the book's
+implementation in :mod:`transformer_book.positional`, prints a short verdict and returns a
+:class:`~transformer_book.exercises.core.CheckReport`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from transformer_book.exercises.core import Case, CheckReport, check_function, compare_values
+from transformer_book.positional import alibi_slopes, apply_rope, sinusoidal_encoding
+
+__all__ = ["check_sinusoidal", "check_rope", "check_alibi_slopes"]
+
+
+def _randn(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _sinusoidal_reference(n_positions, d_model):
+    return sinusoidal_encoding(n_positions, d_model)
+
+
+def check_sinusoidal(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-03-sinusoidal: ``fn(n_positions, d_model) -> (n_positions, d_model)`` sinusoidal table."""
+    formula_hint = ("PE[p, 2i] = sin(p / 10000^(2i/d)) and PE[p, 2i+1] = cos(p / 10000^(2i/d)): the exponent "
+                    "uses 2i (the even dimension index), and both members of pair i share the frequency.")
+    layout_hint = "Interleave: sines in the even columns (0::2), cosines in the odd ones (1::2)."
+    cases = [
+        Case(args=(1, 2), label="one position, d=2", hint="Position 0: sin(0) = 0, cos(0) = 1."),
+        Case(args=(4, 4), label="4 positions, d=4", hint=layout_hint),
+        Case(args=(50, 16), label="50 positions, d=16", hint=formula_hint),
+        Case(args=(10, 128), label="10 positions, d=128", hint=formula_hint),
+    ]
+    return check_function(fn, reference=_sinusoidal_reference, cases=cases, exercise="ex-03-sinusoidal",
+                          check_dtype=False, atol=1e-5, quiet=quiet)
+
+
+def _rope_reference(x, positions):
+    return apply_rope(x, positions)
+
+
+def check_rope(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-03-rope: ``fn(x, positions)``: RoPE with adjacent pairs ``(x[..., 2i], x[..., 2i+1])``."""
+    pair_hint = ("Pair i is (x[..., 2i], x[..., 2i + 1]), rotated counter-clockwise by p * w_i: "
+                 "(a, b) -> (a cos - b sin, a sin + b cos).")
+    freq_hint = "w_i = 10000^(-2i / D) for i = 0 .. D/2 - 1, and the angle is position * w_i."
+    cases = [
+        Case(args=(torch.tensor([[1.0, 0.0]]), torch.tensor([1])), label="one pair (1, 0) at position 1, D=2",
+             hint="With D=2 the only frequency is w_0 = 1: (1, 0) turns into (cos 1, sin 1)."),
+        Case(args=(torch.tensor([[0.0, 1.0], [2.0, -1.0], [0.5, 0.5]]), torch.tensor([0, 2, 7])),
+             label="three one-pair vectors at positions 0, 2, 7", hint=pair_hint),
+        Case(args=(_randn(1, 1, 5, 8, seed=1), torch.arange(5)), label="(1, 1, 5, 8), positions 0..4",
+             hint=pair_hint),
+        Case(args=(_randn(2, 3, 7, 16, seed=2), torch.arange(7) + 100), label="(2, 3, 7, 16), positions 100..106",
+             hint=freq_hint),
+        Case(args=(_randn(1, 2, 4, 6, seed=3), torch.zeros(4, dtype=torch.long)), label="position 0 everywhere",
+             hint="At position 0 the angle is 0: the output equals x."),
+    ]
+    return check_function(fn, reference=_rope_reference, cases=cases, exercise="ex-03-rope", atol=1e-5,
+                          quiet=quiet)
+
+
+def _slopes_compare(expected, received):
+    if isinstance(received, torch.Tensor):
+        received = received.detach().double().flatten().tolist()
+    if not isinstance(received, (list, tuple)):
+        return f"output is a {type(received).__name__}; expected a list (or 1-D tensor) of floats"
+    try:
+        received = [float(r) for r in received]
+    except (TypeError, ValueError):
+        return "output holds something that is not a number"
+    return compare_values([float(e) for e in expected.tolist()], received, atol=1e-7, rtol=1e-5)
+
+
+def check_alibi_slopes(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-03-alibi-slopes: ``fn(n_heads)`` -> the ALiBi head slopes (a list or 1-D tensor)."""
+    power_hint = "For n heads (a power of two), slope h (h = 1..n) is 2^(-8h/n): the first is 2^(-8/n), the last 2^(-8)."
+    other_hint = ("Not a power of two: take the slopes of the largest power of two n' < n, then append "
+                  "every other slope (indices 0, 2, 4, ...) of the 2n' sequence until there are n.")
+    cases = [
+        Case(args=(8,), label="8 heads", hint=power_hint),
+        Case(args=(1,), label="1 head", hint=power_hint),
+        Case(args=(2,), label="2 heads", hint=power_hint),
+        Case(args=(16,), label="16 heads", hint=power_hint),
+        Case(args=(6,), label="6 heads (not a power of two)", hint=other_hint),
+        Case(args=(12,), label="12 heads (not a power of two)", hint=other_hint),
+        Case(args=(3,), label="3 heads (not a power of two)", hint=other_hint),
+    ]
+    return check_function(fn, reference=alibi_slopes, cases=cases, exercise="ex-03-alibi-slopes",
+                          compare=_slopes_compare, quiet=quiet)

@@ -1,0 +1,125 @@
+"""Chapter 3's checkers: right answers pass, typical wrong answers fail with a useful line."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from transformer_book.exercises.ch03 import check_alibi_slopes, check_rope, check_sinusoidal
+
+torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------------------------- sinusoidal
+def sinusoidal_right(n_positions, d_model):
+    p = torch.arange(n_positions, dtype=torch.float64)[:, None]
+    i = torch.arange(0, d_model, 2, dtype=torch.float64)
+    angle = p / 10000 ** (i / d_model)
+    pe = torch.zeros(n_positions, d_model)
+    pe[:, 0::2], pe[:, 1::2] = angle.sin(), angle.cos()
+    return pe
+
+
+def sinusoidal_float64(n_positions, d_model):
+    return sinusoidal_right(n_positions, d_model).double()
+
+
+def sinusoidal_swapped(n_positions, d_model):
+    return sinusoidal_right(n_positions, d_model)[:, [k ^ 1 for k in range(d_model)]]
+
+
+def sinusoidal_exponent_i(n_positions, d_model):
+    p = torch.arange(n_positions, dtype=torch.float64)[:, None]
+    i = torch.arange(d_model // 2, dtype=torch.float64)
+    angle = p / 10000 ** (i / d_model)  # forgot the factor 2
+    return torch.stack((angle.sin(), angle.cos()), -1).flatten(1).float()
+
+
+def sinusoidal_halves(n_positions, d_model):
+    pe = sinusoidal_right(n_positions, d_model)
+    return torch.cat((pe[:, 0::2], pe[:, 1::2]), dim=1)
+
+
+def test_sinusoidal_checker():
+    assert check_sinusoidal(sinusoidal_right, quiet=True).passed
+    assert check_sinusoidal(sinusoidal_float64, quiet=True).passed  # any float dtype is fine
+    for wrong in (sinusoidal_swapped, sinusoidal_exponent_i, sinusoidal_halves):
+        report = check_sinusoidal(wrong, quiet=True)
+        assert not report.passed and "FAILED" in report.text(), wrong.__name__
+
+
+# ---------------------------------------------------------------------------------- RoPE
+def rope_right(x, positions):
+    d = x.shape[-1]
+    w = 10000 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    angle = positions.double()[:, None] * w
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    a, b = x[..., 0::2], x[..., 1::2]
+    return torch.stack((a * cos - b * sin, a * sin + b * cos), -1).flatten(-2)
+
+
+def rope_half_pairs(x, positions):
+    d = x.shape[-1]
+    perm = torch.cat((torch.arange(0, d, 2), torch.arange(1, d, 2)))
+    inverse = torch.argsort(perm)
+    return rope_right(x[..., inverse], positions)[..., perm]
+
+
+def rope_clockwise(x, positions):
+    return rope_right(x, -positions)
+
+
+def rope_wrong_frequency(x, positions):
+    d = x.shape[-1]
+    w = 10000 ** (-torch.arange(d // 2, dtype=torch.float64) / d)
+    angle = positions.double()[:, None] * w
+    a, b = x[..., 0::2], x[..., 1::2]
+    return torch.stack((a * angle.cos() - b * angle.sin(), a * angle.sin() + b * angle.cos()), -1).flatten(-2).float()
+
+
+def rope_todo(x, positions):
+    raise NotImplementedError("Exercise ex-03-rope: rotate the pairs")
+
+
+def test_rope_checker():
+    assert check_rope(rope_right, quiet=True).passed
+    for wrong in (rope_half_pairs, rope_clockwise, rope_wrong_frequency):
+        report = check_rope(wrong, quiet=True)
+        assert not report.passed and "FAILED" in report.text(), wrong.__name__
+    assert check_rope(rope_todo, quiet=True).not_done
+
+
+# ---------------------------------------------------------------------------------- ALiBi slopes
+def slopes_right(n):
+    def power(n):
+        return [2 ** (-8 * h / n) for h in range(1, n + 1)]
+
+    below = 2 ** math.floor(math.log2(n))
+    return power(below) + power(2 * below)[0::2][: n - below]
+
+
+def slopes_tensor(n):
+    return torch.tensor(slopes_right(n))
+
+
+def slopes_no_special_case(n):
+    return [2 ** (-8 * h / n) for h in range(1, n + 1)]
+
+
+def slopes_off_by_one(n):
+    return [2 ** (-8 * h / n) for h in range(n)]
+
+
+def slopes_wrong_interleave(n):
+    below = 2 ** math.floor(math.log2(n))
+    return slopes_right(below) + slopes_right(2 * below)[1::2][: n - below]
+
+
+def test_alibi_slopes_checker():
+    assert check_alibi_slopes(slopes_right, quiet=True).passed
+    assert check_alibi_slopes(slopes_tensor, quiet=True).passed
+    for wrong in (slopes_no_special_case, slopes_off_by_one, slopes_wrong_interleave):
+        report = check_alibi_slopes(wrong, quiet=True)
+        assert not report.passed and "FAILED" in report.text(), wrong.__name__
+    assert "not a power of two" in check_alibi_slopes(slopes_no_special_case, quiet=True).text()
