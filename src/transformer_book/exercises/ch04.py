@@ -1,0 +1,110 @@
+"""Checkers for the exercises of chapter 4 (attention heads).
+
+Each ``check_*`` runs the learner's function on a handful of cases, compares it with the book's
+implementation in :mod:`transformer_book.attention`, prints a short verdict and returns a
+:class:`~transformer_book.exercises.core.CheckReport`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from transformer_book.attention import (
+    MultiHeadAttention,
+    merge_heads,
+    repeat_kv,
+    scaled_dot_product_attention,
+    split_heads,
+)
+from transformer_book.exercises.core import Case, CheckReport, check_function
+
+__all__ = ["check_sdpa", "check_split_heads", "check_merge_heads", "check_repeat_kv", "check_param_count"]
+
+
+def _randn(*shape: int, seed: int, scale: float = 1.0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def _sdpa_reference(q, k, v):
+    return scaled_dot_product_attention(q, k, v)
+
+
+def check_sdpa(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-04-scaled-attention: ``fn(q, k, v) -> (output, weights)``, scaled by 1/sqrt(D), no mask."""
+    scale_hint = "Divide the scores q @ k^T by sqrt(D), D = q.shape[-1], before the softmax."
+    cases = [
+        Case(args=(_randn(2, 3, 4, 8, seed=1), _randn(2, 3, 4, 8, seed=2), _randn(2, 3, 4, 8, seed=3)),
+             label="self-attention (2, 3, 4, 8)",
+             hint="Return the pair (output, weights), and divide the scores by sqrt(D) before the softmax."),
+        Case(args=(_randn(1, 2, 3, 16, seed=4), _randn(1, 2, 7, 16, seed=5), _randn(1, 2, 7, 5, seed=6)),
+             label="cross-attention T_q=3, T_k=7, D_v=5",
+             hint="The softmax runs over the keys: the last dimension of q @ k.transpose(-2, -1)."),
+        Case(args=(_randn(6, 4, seed=7), _randn(9, 4, seed=8), _randn(9, 3, seed=9)),
+             label="no batch dimensions (T_q, D)",
+             hint="Use k.transpose(-2, -1) (not k.T) so that any leading dimensions work."),
+        Case(args=(_randn(1, 1, 5, 256, seed=10), _randn(1, 1, 5, 256, seed=11), _randn(1, 1, 5, 2, seed=12)),
+             label="wide head D=256 (the scale matters)", hint=scale_hint),
+        Case(args=(_randn(2, 1, 1, seed=13), _randn(2, 6, 1, seed=14), _randn(2, 6, 4, seed=15)),
+             label="one query, D=1",
+             hint="One query of size 1 against six keys: the weights are a softmax over the six keys."),
+    ]
+    return check_function(fn, reference=_sdpa_reference, cases=cases, exercise="ex-04-scaled-attention",
+                          quiet=quiet)
+
+
+def check_split_heads(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-04-split-merge-heads: ``fn(x, n_heads)``: ``(B, T, C) -> (B, H, T, C // H)``."""
+    order_hint = ("Reshape to (B, T, H, D) first, then swap the T and H axes: reshaping straight to "
+                  "(B, H, T, D) mixes positions into heads.")
+    cases = [
+        Case(args=(torch.arange(24.0).view(1, 2, 12), 3), label="channels numbered, C=12, H=3", hint=order_hint),
+        Case(args=(_randn(2, 5, 16, seed=1), 4), label="(2, 5, 16), H=4", hint=order_hint),
+        Case(args=(_randn(3, 4, 8, seed=2), 1), label="one head", hint="With H=1 the result is x[:, None]."),
+        Case(args=(_randn(2, 3, 8, seed=3), 8), label="D=1 (H=C)", hint=order_hint),
+    ]
+    return check_function(fn, reference=split_heads, cases=cases, exercise="ex-04-split-merge-heads",
+                          quiet=quiet)
+
+
+def check_merge_heads(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-04-split-merge-heads: ``fn(x)``: ``(B, H, T, D) -> (B, T, H * D)``, the inverse of split."""
+    order_hint = ("Swap the H and T axes back first (transpose(1, 2)), then reshape to (B, T, H * D); "
+                  "after a transpose use reshape (or .contiguous().view).")
+    cases = [
+        Case(args=(split_heads(torch.arange(24.0).view(1, 2, 12), 3),), label="channels numbered, H=3",
+             hint=order_hint),
+        Case(args=(_randn(2, 4, 5, 4, seed=1),), label="(2, 4, 5, 4)", hint=order_hint),
+        Case(args=(_randn(1, 1, 3, 6, seed=2),), label="one head", hint=order_hint),
+        Case(args=(_randn(2, 8, 3, 1, seed=3),), label="D=1", hint=order_hint),
+    ]
+    return check_function(fn, reference=merge_heads, cases=cases, exercise="ex-04-split-merge-heads",
+                          quiet=quiet)
+
+
+def check_repeat_kv(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-04-repeat-kv: ``fn(x, n_rep)``: ``(B, H_kv, T, D) -> (B, H_kv * n_rep, T, D)``, head h <- h // n_rep."""
+    order_hint = ("Output head h must be input head h // n_rep: copies of one head sit next to each other "
+                  "(repeat_interleave on dim 1), not the whole stack repeated (repeat).")
+    cases = [
+        Case(args=(torch.arange(3.0).view(1, 3, 1, 1), 2), label="heads 0, 1, 2 repeated twice", hint=order_hint),
+        Case(args=(_randn(2, 2, 5, 4, seed=1), 4), label="(2, 2, 5, 4), n_rep=4", hint=order_hint),
+        Case(args=(_randn(1, 1, 3, 8, seed=2), 8), label="multi-query: one kv head, n_rep=8", hint=order_hint),
+        Case(args=(_randn(2, 4, 3, 2, seed=3), 1), label="n_rep=1 (ordinary MHA)",
+             hint="With n_rep=1 nothing changes."),
+    ]
+    return check_function(fn, reference=repeat_kv, cases=cases, exercise="ex-04-repeat-kv", quiet=quiet)
+
+
+def check_param_count(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-04-param-count: ``fn(d_model, n_heads, n_kv_heads, bias)`` against real modules' parameter counts."""
+    cases = []
+    for d_model, n_heads, n_kv_heads, bias in [(16, 4, 4, True), (64, 8, 2, True), (64, 8, 1, False),
+                                               (512, 8, 8, False), (96, 12, 3, True)]:
+        module = MultiHeadAttention(d_model, n_heads, n_kv_heads, bias=bias)
+        kind = "MHA" if n_kv_heads == n_heads else "MQA" if n_kv_heads == 1 else "GQA"
+        cases.append(Case(args=(d_model, n_heads, n_kv_heads, bias),
+                          expected=sum(p.numel() for p in module.parameters()),
+                          label=f"{kind} d_model={d_model}, H={n_heads}, H_kv={n_kv_heads}, bias={bias}",
+                          hint=("q_proj and out_proj: d_model*d_model weights; k_proj and v_proj: "
+                                "d_model*(n_kv_heads*d_model/n_heads); biases: one per output channel.")))
+    return check_function(fn, reference=None, cases=cases, exercise="ex-04-param-count", quiet=quiet)
