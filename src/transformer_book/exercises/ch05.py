@@ -1,0 +1,104 @@
+"""Checkers for the exercises of chapter 5 (masking).
+
+Each ``check_*`` runs the learner's function on a handful of cases, compares it with the book's
+implementation in :mod:`transformer_book.masks` (or a reference written here), prints a short
+verdict and returns a :class:`~transformer_book.exercises.core.CheckReport`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from transformer_book.exercises.core import Case, CheckReport, check_function
+from transformer_book.masks import causal_mask, padding_mask, prefix_lm_mask
+
+__all__ = ["check_causal_mask", "check_padding_mask", "check_prefix_lm_mask", "check_masked_softmax"]
+
+_BOOL_HINT = "Return a torch.bool tensor (comparisons such as `s <= t` give one; .bool() converts)."
+
+
+def check_causal_mask(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-05-causal-mask: ``fn(n) -> (n, n)`` bool, True where key s <= query t."""
+    hint = ("Row t is the query, column s the key: allowed when s <= t, the lower triangle with its "
+            "diagonal (a query may look at itself). " + _BOOL_HINT)
+    cases = [Case(args=(n,), label=f"n={n}", hint=hint) for n in (1, 2, 5, 9)]
+    return check_function(fn, reference=causal_mask, cases=cases, exercise="ex-05-causal-mask", quiet=quiet)
+
+
+def check_padding_mask(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-05-padding-mask: ``fn(tokens, pad_id) -> (B, 1, 1, T)`` bool, True at real tokens."""
+    shape_hint = "The result has shape (B, 1, 1, T): index with [:, None, None, :] after comparing with pad_id."
+    cases = [
+        Case(args=(torch.tensor([[5, 6, 7, 0, 0], [1, 2, 0, 0, 0]]), 0), label="pad_id=0, trailing padding",
+             hint=shape_hint),
+        Case(args=(torch.tensor([[3, 3, 3]]), 0), label="no padding at all", hint=shape_hint),
+        Case(args=(torch.tensor([[9, 1, 2, 9], [0, 9, 9, 9]]), 9), label="pad_id=9 (and 0 is a real token)",
+             hint="Compare with pad_id, not with 0."),
+        Case(args=(torch.tensor([[2, 2], [2, 4]]), 2), label="a sequence that is all padding", hint=shape_hint),
+    ]
+    return check_function(fn, reference=padding_mask, cases=cases, exercise="ex-05-padding-mask", quiet=quiet)
+
+
+def check_prefix_lm_mask(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-05-prefix-lm-mask: ``fn(n, p) -> (n, n)`` bool, True where s < p or s <= t."""
+    hint = ("Two rules joined by OR: every query sees the prefix (key s < p), and every query sees its "
+            "own past (s <= t). " + _BOOL_HINT)
+    cases = [Case(args=(n, p), label=f"n={n}, p={p}", hint=hint)
+             for n, p in ((6, 3), (5, 0), (5, 1), (4, 4), (7, 2), (1, 1))]
+    return check_function(fn, reference=prefix_lm_mask, cases=cases, exercise="ex-05-prefix-lm-mask", quiet=quiet)
+
+
+def _masked_softmax_reference(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.expand(scores.shape)
+    empty = ~mask.any(dim=-1, keepdim=True)
+    filled = scores.masked_fill(~mask, float("-inf")).masked_fill(empty, 0.0)
+    return torch.softmax(filled, dim=-1).masked_fill(~mask, 0.0)
+
+
+def _with_gradient(fn):
+    """Call ``fn(scores, mask)`` and also return the gradient of a fixed loss w.r.t. ``scores``."""
+
+    @functools.wraps(fn)
+    def run(scores, mask):
+        scores = scores.detach().clone().requires_grad_()
+        out = fn(scores, mask)
+        if not isinstance(out, torch.Tensor) or not out.requires_grad:
+            return out, None  # the comparison then says what is wrong with the output
+        weights = torch.linspace(-1.0, 1.0, out.numel()).view(out.shape).to(out.dtype)
+        (grad,) = torch.autograd.grad((out * weights).sum(), scores)
+        return out.detach(), grad
+
+    return run
+
+
+def check_masked_softmax(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-05-masked-softmax: ``fn(scores, mask)``; rows with nothing allowed give zeros; finite gradients.
+
+    Each case compares the output *and* the gradient of a fixed loss with respect to ``scores``
+    (``output[1]`` in the verdict): a NaN hidden in the backward pass fails even when the values
+    are right.
+    """
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(3, 5, generator=g)
+    some = torch.tensor([[True, False, True, True, False], [True] * 5, [False, True, False, False, False]])
+    empty_row = some.clone()
+    empty_row[1] = False
+    nan_hint = ("A row with nothing allowed must give zeros and a finite gradient (output[1]): fill the "
+                "empty rows with finite scores *before* the softmax, then zero their weights.")
+    cases = [
+        Case(args=(scores, torch.ones(3, 5, dtype=torch.bool)), label="nothing masked: a plain softmax",
+             hint="With every entry allowed the result is torch.softmax(scores, dim=-1)."),
+        Case(args=(scores, some), label="some entries masked",
+             hint="Masked entries get weight 0 and the allowed ones share the whole row (sum 1)."),
+        Case(args=(scores, empty_row), label="a row with nothing allowed", hint=nan_hint),
+        Case(args=(torch.randn(2, 4, 6, generator=g), torch.tensor([[True, True, False, True, False, False]])),
+             label="mask (1, 6) broadcast against scores (2, 4, 6)",
+             hint="The mask broadcasts: expand it to the scores' shape (mask.expand(scores.shape))."),
+        Case(args=(torch.tensor([[1000.0, 999.0, -1000.0]]), torch.tensor([[True, True, False]])),
+             label="large scores (overflow in a hand-made exp)",
+             hint="exp(1000) overflows to inf: use torch.softmax, or subtract the row maximum first."),
+    ]
+    return check_function(_with_gradient(fn), reference=_with_gradient(_masked_softmax_reference), cases=cases,
+                          exercise="ex-05-masked-softmax", name=getattr(fn, "__name__", None), quiet=quiet)

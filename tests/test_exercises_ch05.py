@@ -1,0 +1,119 @@
+"""Chapter 5 checkers: right solutions pass, typical wrong ones fail with a useful message."""
+
+from __future__ import annotations
+
+import torch
+
+from transformer_book.exercises import ch05
+
+torch.set_num_threads(1)
+
+
+def _run(checker, fn):
+    return checker(fn, quiet=True)
+
+
+def _first_failure(report):
+    return next(c for c in report.cases if not c.passed)
+
+
+def test_not_done_is_reported():
+    def stub(*args):
+        raise NotImplementedError("Exercise ex-05-...: write it")
+
+    for checker in (ch05.check_causal_mask, ch05.check_padding_mask, ch05.check_prefix_lm_mask,
+                    ch05.check_masked_softmax):
+        report = _run(checker, stub)
+        assert report.not_done, checker.__name__
+
+
+# ---------------------------------------------------------------- causal
+def test_causal_right_and_wrong():
+    assert _run(ch05.check_causal_mask, lambda n: torch.ones(n, n, dtype=torch.bool).tril()).passed
+    transposed = _run(ch05.check_causal_mask, lambda n: torch.ones(n, n, dtype=torch.bool).triu())
+    assert not transposed.passed and "lower triangle" in _first_failure(transposed).hint
+    no_diagonal = _run(ch05.check_causal_mask, lambda n: torch.ones(n, n, dtype=torch.bool).tril(-1))
+    assert not no_diagonal.passed
+    as_float = _run(ch05.check_causal_mask, lambda n: torch.ones(n, n).tril())
+    assert not as_float.passed and "dtype" in _first_failure(as_float).reason
+
+
+# ---------------------------------------------------------------- padding
+def test_padding_right_and_wrong():
+    assert _run(ch05.check_padding_mask, lambda t, p: (t != p)[:, None, None, :]).passed
+    flat = _run(ch05.check_padding_mask, lambda t, p: t != p)
+    assert not flat.passed and "shape" in _first_failure(flat).reason
+    inverted = _run(ch05.check_padding_mask, lambda t, p: (t == p)[:, None, None, :])
+    assert not inverted.passed
+    zero_only = _run(ch05.check_padding_mask, lambda t, p: (t != 0)[:, None, None, :])
+    assert not zero_only.passed and _first_failure(zero_only).label.startswith("pad_id=9")
+    wrong_axis = _run(ch05.check_padding_mask, lambda t, p: (t != p)[:, None, :, None])
+    assert not wrong_axis.passed
+
+
+# ---------------------------------------------------------------- prefix LM
+def _prefix_right(n, p):
+    t, s = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    return (s < p) | (s <= t)
+
+
+def test_prefix_right_and_wrong():
+    assert _run(ch05.check_prefix_lm_mask, _prefix_right).passed
+
+    def and_instead_of_or(n, p):
+        t, s = torch.arange(n)[:, None], torch.arange(n)[None, :]
+        return (s < p) & (s <= t)
+
+    def off_by_one(n, p):
+        t, s = torch.arange(n)[:, None], torch.arange(n)[None, :]
+        return (s <= p) | (s <= t)
+
+    def prefix_rows_only(n, p):  # prefix *queries* see everything: leaks the continuation
+        t, s = torch.arange(n)[:, None], torch.arange(n)[None, :]
+        return (t < p) | (s <= t)
+
+    for wrong in (and_instead_of_or, off_by_one, prefix_rows_only):
+        report = _run(ch05.check_prefix_lm_mask, wrong)
+        assert not report.passed, wrong.__name__
+        assert "OR" in _first_failure(report).hint
+
+
+# ---------------------------------------------------------------- masked softmax
+def _masked_softmax_right(scores, mask):
+    mask = mask.expand(scores.shape)
+    empty = ~mask.any(-1, keepdim=True)
+    filled = scores.masked_fill(~mask, float("-inf")).masked_fill(empty, 0.0)
+    return torch.softmax(filled, -1).masked_fill(~mask, 0.0)
+
+
+def test_masked_softmax_right_passes():
+    assert _run(ch05.check_masked_softmax, _masked_softmax_right).passed
+
+
+def test_masked_softmax_wrong_fail():
+    def nan_rows(scores, mask):  # plain -inf fill: NaN on empty rows
+        return torch.softmax(scores.masked_fill(~mask, float("-inf")), -1)
+
+    def nan_then_fixed(scores, mask):  # right values, but the additive -inf lets NaN into the gradient
+        bias = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+        return torch.nan_to_num(torch.softmax(scores + bias, -1), nan=0.0)
+
+    def multiply_after(scores, mask):  # zeroes masked entries but does not renormalise
+        return torch.softmax(scores, -1) * mask
+
+    def naive_exp(scores, mask):  # overflows for large scores
+        e = scores.exp() * mask
+        total = e.sum(-1, keepdim=True)
+        return torch.where(total > 0, e / total.clamp_min(1e-30), torch.zeros_like(e))
+
+    report = _run(ch05.check_masked_softmax, nan_rows)
+    assert not report.passed and _first_failure(report).label == "a row with nothing allowed"
+    report = _run(ch05.check_masked_softmax, nan_then_fixed)
+    failure = _first_failure(report)
+    assert not report.passed and failure.label == "a row with nothing allowed"
+    assert "output[1]" in failure.reason  # the values are right; the gradient is NaN
+    report = _run(ch05.check_masked_softmax, multiply_after)
+    assert not report.passed and _first_failure(report).label == "some entries masked"
+    report = _run(ch05.check_masked_softmax, naive_exp)
+    assert not report.passed and [c.label for c in report.cases if not c.passed] == [
+        "large scores (overflow in a hand-made exp)"]
