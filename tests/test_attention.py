@@ -179,6 +179,22 @@ def test_mha_matches_torch(d, h, tq, tk, bias):
         torch.testing.assert_close(ours(xq)[0], mha(xq, xq, xq)[0], **TOL)
 
 
+def test_mha_dropout_only_in_training():
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(16, 4, dropout=0.3, batch_first=False)
+    ours = MultiHeadAttention.from_torch(mha)
+    assert ours.dropout == 0.3
+    x = torch.randn(2, 5, 16)
+    ours.eval(), mha.eval()
+    ref, _ = mha(x.transpose(0, 1), x.transpose(0, 1), x.transpose(0, 1))  # (T, B, C) layout
+    torch.testing.assert_close(ours(x)[0], ref.transpose(0, 1), **TOL)
+    ours.train()
+    a, w_a = ours(x)
+    b, w_b = ours(x)
+    assert not torch.allclose(a, b)  # a different dropout draw each call
+    torch.testing.assert_close(w_a, w_b)  # returned weights are before dropout
+
+
 def test_mha_masks_translated_to_torch():
     mha, ours = _torch_pair(16, 4)
     t = 6

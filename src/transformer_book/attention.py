@@ -331,7 +331,10 @@ class MultiHeadAttention(nn.Module):
 
     @classmethod
     def from_torch(cls, mha: nn.MultiheadAttention) -> MultiHeadAttention:
-        """A :class:`MultiHeadAttention` with the weights (and dropout) of ``mha``."""
+        """A :class:`MultiHeadAttention` with the weights (and dropout) of ``mha``.
+
+        Ours always takes batch-first input ``(B, T, C)``, whatever ``mha.batch_first`` says.
+        """
         if not isinstance(mha, nn.MultiheadAttention):
             raise TypeError(f"mha must be a torch.nn.MultiheadAttention, got {type(mha).__name__}")
         ours = cls(mha.embed_dim, mha.num_heads, bias=mha.in_proj_bias is not None, dropout=mha.dropout)
