@@ -1,0 +1,74 @@
+"""Checkers for the exercises of chapter 1 (seq2seq with attention).
+
+Each ``check_*`` runs the learner's function on a handful of cases, compares it with the book's
+implementation in :mod:`transformer_book.seq2seq` / :mod:`transformer_book.data.numbers`,
+prints a short verdict and returns a :class:`~transformer_book.exercises.core.CheckReport`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from transformer_book.data.numbers import german_word, split_german
+from transformer_book.exercises.core import Case, CheckReport, check_function
+from transformer_book.seq2seq import additive_scores, dot_scores, masked_softmax
+
+__all__ = ["check_additive_score", "check_dot_attention_weights", "check_split_german"]
+
+
+def _randn(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def check_additive_score(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-01-additive-score: ``fn(query, keys, w_query, w_key, v) -> (B, T, S)``."""
+    hint = ("Project first: q = query @ w_query.T is (B, T, A), k = keys @ w_key.T is (B, S, A). "
+            "Add every query to every key with q[:, :, None, :] + k[:, None, :, :] (B, T, S, A), "
+            "take tanh, then the dot product with v over the last axis.")
+    cases = []
+    # (B, T, S, C_q, C_k, A): query and key widths differ so that swapped weights cannot pass.
+    for i, (B, T, S, Cq, Ck, A) in enumerate([(1, 1, 1, 3, 3, 2), (2, 3, 4, 5, 6, 7), (3, 5, 2, 4, 8, 3),
+                                              (2, 1, 6, 6, 4, 5)]):
+        cases.append(Case(
+            args=(_randn(B, T, Cq, seed=10 * i), _randn(B, S, Ck, seed=10 * i + 1), _randn(A, Cq, seed=10 * i + 2),
+                  _randn(A, Ck, seed=10 * i + 3), _randn(A, seed=10 * i + 4)),
+            label=f"B={B}, T={T}, S={S}, C_q={Cq}, C_k={Ck}, A={A}", hint=hint))
+    big = (_randn(1, 2, 3, seed=99) * 50, _randn(1, 4, 3, seed=98) * 50, _randn(2, 3, seed=97), _randn(2, 3, seed=96),
+           _randn(2, seed=95))
+    cases.append(Case(args=big, label="large inputs (tanh saturates at +-1)",
+                      hint="tanh goes inside the sum with v, after adding the projected query and key."))
+    return check_function(fn, reference=additive_scores, cases=cases, exercise="ex-01-additive-score", quiet=quiet)
+
+
+def _dot_attention_weights_reference(query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return masked_softmax(dot_scores(query, keys), mask[:, None, :])
+
+
+def check_dot_attention_weights(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-01-dot-attention: ``fn(query, keys, mask) -> weights (B, T, S)``, 0 where ``mask`` is False."""
+    hint = ("Scores are query @ keys.transpose(1, 2), shape (B, T, S). The mask (B, S) must become "
+            "(B, 1, S) to cover every query; fill masked scores with -inf before the softmax over the "
+            "last axis, so that padding gets weight exactly 0 and the rest still sums to 1.")
+    cases = []
+    lengths = [[3], [4, 2], [1, 5, 3], [6, 6]]
+    for i, lens in enumerate(lengths):
+        B, S, T, C = len(lens), max(lens), 2 + i, 4
+        mask = torch.arange(S)[None, :] < torch.tensor(lens)[:, None]
+        label = f"no padding (B={B}, S={S})" if min(lens) == S else f"source lengths {lens} padded to {S}"
+        cases.append(Case(args=(_randn(B, T, C, seed=20 + i), _randn(B, S, C, seed=30 + i), mask), label=label,
+                          hint=hint))
+    q, k = _randn(2, 3, 4, seed=40) * 30, _randn(2, 5, 4, seed=41) * 30
+    cases.append(Case(args=(q, k, torch.tensor([[True] * 5, [True, True, False, False, False]])),
+                      label="large scores (a naive exp overflows)",
+                      hint="Use torch.softmax (it subtracts the row maximum) rather than exp / sum."))
+    return check_function(fn, reference=_dot_attention_weights_reference, cases=cases,
+                          exercise="ex-01-dot-attention", quiet=quiet)
+
+
+def check_split_german(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-01-split-german: ``fn(word) -> list of morphemes`` from GERMAN_MORPHEMES."""
+    hint = ("Walk through the word; at each position try the morphemes longest first (sorted by len, "
+            "reverse=True) and take the first the rest of the word starts with (str.startswith(m, i)).")
+    numbers = [24, 0, 1, 17, 101, 1_024, 13_003, 66, 777_777, 372_845, 210_011, 101_001]
+    cases = [Case(args=(german_word(x),), label=f"{german_word(x)!r} ({x:,})", hint=hint) for x in numbers]
+    return check_function(fn, reference=split_german, cases=cases, exercise="ex-01-split-german", quiet=quiet)
