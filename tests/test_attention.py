@@ -249,10 +249,12 @@ def test_mha_precomputed_kv_hook():
     # a cache built in two pieces gives the same result as one
     k1, v1 = attn.project_kv(mem[:, :2])
     k2, v2 = attn.project_kv(mem[:, 2:])
-    torch.testing.assert_close(attn(x, kv=(torch.cat([k1, k2], 2), torch.cat([v1, v2], 2)))[0], attn(x, mem)[0], **TOL)
+    cached = (torch.cat([k1, k2], 2), torch.cat([v1, v2], 2))
+    torch.testing.assert_close(attn(x, kv=cached)[0], attn(x, mem)[0], **TOL)
     with pytest.raises(ValueError, match="either x_kv.*or kv"):
         attn(x, mem, kv=(k, v))
-    with pytest.raises(ValueError, match=r"kv\[0\] must have shape \(B=2, n_kv_heads=2, T_k, D=4\), got shape \(2, 4, 5, 4\)"):
+    expected = r"kv\[0\] must have shape \(B=2, n_kv_heads=2, T_k, D=4\), got shape \(2, 4, 5, 4\)"
+    with pytest.raises(ValueError, match=expected):
         attn(x, kv=(k.repeat(1, 2, 1, 1), v))
 
 

@@ -88,6 +88,10 @@ def test_view_input_checks():
         av.model_view([torch.rand(1, 3, 5, 5), torch.rand(1, 3, 4, 4)], TOKENS, js_root=None)
     with pytest.raises(ValueError, match=r"layer must be an int in \[0, 2\), got 2"):
         av.head_view(_attention(), TOKENS, layer=2, js_root=None)
+    with pytest.raises(ValueError, match=r"scale must be a number in \(0, 4\] or None, got 0"):
+        av.model_view(_attention(), TOKENS, scale=0, js_root=None)
+    zoomed = av.model_view(_attention(), TOKENS, scale=0.5, js_root=None).data
+    assert zoomed.startswith('<div class="transformer-book-zoom" style="zoom: 0.5">')
     with pytest.raises(ValueError, match="display_mode must be 'light' or 'dark', got 'blue'"):
         av.model_view(_attention(), TOKENS, display_mode="blue", js_root=None)
     # (H, T, T) per layer and one (L, H, T, T) tensor are accepted too
@@ -121,7 +125,7 @@ def test_views_draw_offline_in_chromium(tmp_path, page_has_require):
         shutil.copy(VENDOR / f, site / "_static" / "vendor" / f)
     views = [av.head_view(_attention(seed=1), TOKENS, js_root="../_static/vendor").data,
              av.head_view(_attention(seed=2), TOKENS, js_root="../_static/vendor").data,
-             av.model_view(_attention(seed=3), TOKENS, js_root="../_static/vendor").data]
+             av.model_view(_attention(seed=3), TOKENS, js_root="../_static/vendor", scale=0.6).data]
     head = '<script src="../_static/vendor/require.js"></script>' if page_has_require else ""
     page_file = site / "chapters" / "page.html"
     page_file.write_text(f"<!doctype html><html><head>{head}</head><body>{''.join(views)}</body></html>")
@@ -146,9 +150,12 @@ def test_views_draw_offline_in_chromium(tmp_path, page_has_require):
             "() => Array.from(document.querySelectorAll('[id^=\"bertviz\"]'))"
             ".every(d => d.querySelectorAll('svg *').length > 10)", timeout=20000)
         n_require = page.evaluate("() => document.querySelectorAll('script[src$=\"require.js\"]').length")
+        model_width = page.evaluate("() => document.querySelectorAll('[id^=\"bertviz\"]')[2]"
+                                    ".querySelector('svg').getBoundingClientRect().width")
         browser.close()
     assert problems == [] and remote == []
     assert n_require == 1  # one copy of require.js, whichever loaded it
+    assert 970 * 0.6 - 5 < model_width < 970 * 0.6 + 5  # bertviz's 970 px, zoomed
 
 
 # ---------------------------------------------------------------- matplotlib

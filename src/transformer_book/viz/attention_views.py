@@ -226,6 +226,7 @@ def model_view(
     tokens: Sequence[str] | None = None,
     *,
     display_mode: str = "light",
+    scale: float | None = None,
     encoder_attention: Sequence[Tensor] | Tensor | None = None,
     decoder_attention: Sequence[Tensor] | Tensor | None = None,
     cross_attention: Sequence[Tensor] | Tensor | None = None,
@@ -236,15 +237,24 @@ def model_view(
     """bertviz's model view (a thumbnail per layer and head) as an ``IPython.display.HTML``.
 
     Arguments as in :func:`head_view`; ``display_mode`` is ``"light"`` (the book's default) or
-    ``"dark"``.
+    ``"dark"``. bertviz draws the model view 970 pixels wide and sizes its thumbnails for about
+    twelve heads, so a model with few heads gets very large thumbnails; ``scale`` (e.g. ``0.7``)
+    shrinks the whole view with CSS ``zoom`` to fit a page (``None``: as bertviz draws it).
     """
     from bertviz import model_view as _model_view
 
     if display_mode not in ("light", "dark"):
         raise ValueError(f"display_mode must be 'light' or 'dark', got {display_mode!r}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 4):
+        raise ValueError(f"scale must be a number in (0, 4] or None, got {scale!r}")
     kwargs = _bertviz_kwargs(attention, tokens, encoder_attention, decoder_attention, cross_attention,
                              encoder_tokens, decoder_tokens)
-    return _finish(_model_view(**kwargs, display_mode=display_mode, html_action="return"), js_root)
+    view = _finish(_model_view(**kwargs, display_mode=display_mode, html_action="return"), js_root)
+    if scale is not None:
+        from IPython.display import HTML
+
+        view = HTML(f'<div class="transformer-book-zoom" style="zoom: {float(scale):g}">{view.data}</div>')
+    return view
 
 
 # ---------------------------------------------------------------------------- matplotlib heatmaps
