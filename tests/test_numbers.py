@@ -24,6 +24,7 @@ from transformer_book.data.numbers import (
     join_german,
     number_pairs,
     number_splits,
+    parse_english,
     parse_number,
     sample_numbers,
     split_german,
@@ -191,6 +192,21 @@ def test_number_splits_bad_input():
         english_words(1_000_000)
     with pytest.raises(ValueError, match=r"value must be an int.*got -1"):
         german_word(-1)
+
+
+def test_parse_english_inverts_english_words(table):
+    for x, (_, _, words, _) in table.items():
+        assert parse_english(words) == x
+    for bad in (["four", "twenty"], ["hundred"], ["twenty", "twenty"], ["one", "thousand", "thousand"],
+                ["zero", "one"], ["one", "hundred", "hundred"]):
+        with pytest.raises(ValueError, match="are not how a number"):
+            parse_english(bad)
+    with pytest.raises(ValueError, match=r"not English number words \(unknown: \['fourty'\]\)"):
+        parse_english(["fourty", "two"])
+    with pytest.raises(ValueError, match="not English number words"):
+        parse_english([])
+    with pytest.raises(TypeError, match="list of str, got str"):
+        parse_english("twenty four")
 
 
 def test_parse_number():

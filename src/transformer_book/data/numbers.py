@@ -65,6 +65,7 @@ __all__ = [
     "english_vocab",
     "german_vocab",
     "parse_number",
+    "parse_english",
 ]
 
 MAX_VALUE = 999_999
@@ -200,6 +201,38 @@ def parse_number(text: str) -> int | None:
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     digits = text.strip().replace(",", "").replace("_", "").replace(" ", "").replace(".", "")
     return int(digits) if digits.isdigit() else None
+
+
+_ENGLISH_VALUES = {w: i for i, w in enumerate(ENGLISH_WORDS[:20])}
+_ENGLISH_VALUES.update({w: 10 * (i + 2) for i, w in enumerate(ENGLISH_WORDS[20:28])})
+
+
+def parse_english(words: Sequence[str]) -> int:
+    """The number that :func:`english_words` writes as ``words`` (its inverse).
+
+    >>> parse_english(["one", "thousand", "twenty", "four"])
+    1024
+
+    A ValueError says so when ``words`` is not how :func:`english_words` writes any number
+    ("four twenty", "hundred", an unknown word).
+    """
+    if isinstance(words, str) or not isinstance(words, Sequence):
+        raise TypeError(f"words must be a list of str, got {type(words).__name__}")
+    unknown = [w for w in words if w not in ENGLISH_WORDS]
+    if unknown or not words:
+        raise ValueError(f"words {list(words)!r} are not English number words (unknown: {unknown})")
+    total, current = 0, 0
+    for w in words:
+        if w == "hundred":
+            current *= 100
+        elif w == "thousand":
+            total, current = total + current * 1000, 0
+        else:
+            current += _ENGLISH_VALUES[w]
+    value = total + current
+    if value > MAX_VALUE or english_words(value) != list(words):
+        raise ValueError(f"words {' '.join(words)!r} are not how a number from 0 to {MAX_VALUE:,} is written")
+    return value
 
 
 # --------------------------------------------------------------------------- sampling
