@@ -386,3 +386,42 @@ def test_harness_keeps_finished_sections_when_a_later_one_crashes(cpu_dry_run, t
         run_flash_benchmark(settings, out=out, progress=lambda m: None)
     saved = json.loads(out.read_text())
     assert saved["complete"] is False and list(saved["results"]) == ["correctness"]
+
+
+def test_harness_merges_runs_into_one_record(cpu_dry_run, tmp_path):
+    out = tmp_path / "flash_bench.json"
+    first = BenchSettings(**{**cpu_dry_run.__dict__, "sections": ("correctness", "memory")})
+    rec1 = run_flash_benchmark(first, out=out, progress=lambda m: None)
+    assert rec1["complete"] is False and rec1["settings"]["sections"] == ["correctness", "memory"]
+    rest = BenchSettings(**{**cpu_dry_run.__dict__, "sections": ("forward", "forward_backward", "ladder")})
+    rec2 = run_flash_benchmark(rest, out=out, progress=lambda m: None, merge=True)
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(rec2)) and saved["complete"] is True
+    assert saved["results"]["correctness"] == rec1["results"]["correctness"]  # kept from the first run
+    assert set(saved["section_provenance"]) == set(saved["results"])
+    assert "TEST-ONLY dry run on CPU" in report.provenance_summary(saved)
+    # Without --merge the file is replaced by what this run measured.
+    rec3 = run_flash_benchmark(first, out=out, progress=lambda m: None)
+    assert set(json.loads(out.read_text())["results"]) == {"correctness", "memory"} == set(rec3["results"])
+
+
+def test_harness_refuses_to_merge_mismatched_records(cpu_dry_run, tmp_path, capsys):
+    import transformer_book.bench.flash as fb
+
+    out = tmp_path / "flash_bench.json"
+    only = BenchSettings(**{**cpu_dry_run.__dict__, "sections": ("memory",)})
+    run_flash_benchmark(only, out=out, progress=lambda m: None)
+    before = out.read_text()
+    quick = BenchSettings(**{**only.__dict__, "quick": True})
+    with pytest.raises(ValueError, match="holds a full run; this run is quick"):
+        run_flash_benchmark(quick, out=out, progress=lambda m: None, merge=True)
+    other_gpu = fb.collect_provenance()
+    other_gpu["gpu"] = {"name": "another GPU"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fb, "collect_provenance", lambda: dict(other_gpu))
+        with pytest.raises(ValueError, match="measured on 'TEST-ONLY dry run on CPU', this GPU is 'another GPU'"):
+            run_flash_benchmark(only, out=out, progress=lambda m: None, merge=True)
+    assert out.read_text() == before
+    out.write_text("{broken")
+    assert cli.main(["flash", "--sections", "memory", "--merge", "--out", str(out)]) == 2
+    assert "not a valid benchmark record" in capsys.readouterr().err and out.read_text() == "{broken"

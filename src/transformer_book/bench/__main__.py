@@ -1,7 +1,12 @@
 """Command line: ``python -m transformer_book.bench flash [--quick] [--out PATH] [--sections ...]``.
 
 Exit status: 0 when the run finished and the record was written; 2 when it could not run
-(no CUDA GPU, triton missing, bad arguments), in which case nothing is written.
+(no CUDA GPU, triton missing, bad arguments, a refused --merge), in which case nothing is written.
+
+A full run takes longer than some machines allow one command; record it in parts::
+
+    python -m transformer_book.bench flash --sections correctness,forward
+    python -m transformer_book.bench flash --sections forward_backward,ladder,memory --merge
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"where to write the JSON (default {DEFAULT_OUT[False]}, with --quick {DEFAULT_OUT[True]})")
     flash.add_argument("--sections", default=",".join(SECTIONS),
                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
+    flash.add_argument("--merge", action="store_true",
+                       help="keep the sections already in --out (same GPU, same grid) and add/replace these: "
+                            "record a long benchmark in several shorter runs")
     return parser
 
 
@@ -36,16 +44,20 @@ def main(argv=None) -> int:
         return 2
     out = args.out or DEFAULT_OUT[args.quick]
     try:
-        run_flash_benchmark(settings, out=out, progress=lambda msg: print(msg, flush=True))
+        record = run_flash_benchmark(settings, out=out, progress=lambda msg: print(msg, flush=True), merge=args.merge)
     except NoGPUError as err:
         print(f"transformer_book.bench flash: {err}. This benchmark needs a CUDA GPU; "
               f"no file was written ({out} is untouched).", file=sys.stderr)
+        return 2
+    except ValueError as err:  # --merge refused
+        print(f"transformer_book.bench flash: {err}", file=sys.stderr)
         return 2
     except ImportError as err:
         print(f"transformer_book.bench flash: {err}. Install triton (pip install triton); nothing was written.",
               file=sys.stderr)
         return 2
-    print(f"wrote {out}")
+    missing = [s for s in SECTIONS if s not in record["results"]]
+    print(f"wrote {out}" + (f" (sections still missing: {', '.join(missing)})" if missing else " (complete)"))
     return 0
 
 

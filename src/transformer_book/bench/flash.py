@@ -169,14 +169,22 @@ _ROW_KEYS = {
 }
 
 
-def build_record(provenance: dict, settings: BenchSettings, results: dict, complete: bool) -> dict:
-    """Assemble (and check) the JSON-ready record."""
+def build_record(provenance: dict, settings: BenchSettings, results: dict, complete: bool,
+                 section_provenance: dict | None = None) -> dict:
+    """Assemble (and check) the JSON-ready record.
+
+    ``section_provenance`` maps each section to the date, commit and GPU of the run that
+    measured it (sections can come from several runs, see ``merge`` in :func:`run_flash_benchmark`).
+    """
+    settings_dict = settings.as_dict()
+    settings_dict["sections"] = [s for s in SECTIONS if s in results]
     record = {
         "schema": SCHEMA,
         "complete": bool(complete),
         "provenance": provenance,
-        "settings": settings.as_dict(),
+        "settings": settings_dict,
         "results": results,
+        "section_provenance": section_provenance or {s: _provenance_brief(provenance) for s in results},
     }
     validate_record(record)
     return record
@@ -200,6 +208,9 @@ def validate_record(record) -> None:
             raise ValueError(f"record['provenance'] lacks {key!r}")
     if not isinstance(prov["gpu"], dict) or not prov["gpu"].get("name"):
         raise ValueError("record['provenance']['gpu']['name'] is missing: benchmark records come from a GPU")
+    sec_prov = record.get("section_provenance", {})
+    if not isinstance(sec_prov, dict) or not set(sec_prov) <= set(SECTIONS):
+        raise ValueError(f"record['section_provenance'] must map sections {SECTIONS} to provenance, got {sec_prov!r:.80}")
     for section, rows in record["results"].items():
         if section not in _ROW_KEYS:
             raise ValueError(f"record['results'] has unknown section {section!r}; expected {SECTIONS}")
@@ -452,12 +463,39 @@ def _section_memory(settings, progress):
     return rows
 
 
-def run_flash_benchmark(settings: BenchSettings | None = None, out=None, progress=print) -> dict:
+def _provenance_brief(prov: dict) -> dict:
+    return {"date_utc": prov["date_utc"], "git": prov.get("git"), "gpu": (prov.get("gpu") or {}).get("name"),
+            "torch": prov.get("torch"), "triton": prov.get("triton")}
+
+
+def _existing_results(out, settings: BenchSettings, gpu_name: str) -> tuple[dict, dict]:
+    """(results, section_provenance) of the record at ``out``, to be extended by this run."""
+    path = Path(out)
+    if not path.exists():
+        return {}, {}
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        validate_record(old)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--merge: {path} is not a valid benchmark record ({err}); move it away or drop --merge") from err
+    if bool(old["settings"].get("quick")) != settings.quick:
+        raise ValueError(f"--merge: {path} holds a {'quick' if old['settings'].get('quick') else 'full'} run; "
+                         f"this run is {'quick' if settings.quick else 'full'}: not merging different grids")
+    if old["provenance"]["gpu"]["name"] != gpu_name:
+        raise ValueError(f"--merge: {path} was measured on {old['provenance']['gpu']['name']!r}, "
+                         f"this GPU is {gpu_name!r}: not merging different GPUs")
+    sections = old.get("section_provenance") or {s: _provenance_brief(old["provenance"]) for s in old["results"]}
+    return dict(old["results"]), dict(sections)
+
+
+def run_flash_benchmark(settings: BenchSettings | None = None, out=None, progress=print, merge: bool = False) -> dict:
     """Run the benchmark on the current CUDA GPU and return the record.
 
-    With ``out`` the record is written after every section (``"complete": false`` until the
-    last), so a run cut short still leaves what it measured. Raises :class:`NoGPUError`
-    without a CUDA GPU, ``ImportError`` without triton.
+    With ``out`` the record is written after every section, so a run cut short still leaves
+    what it measured. With ``merge=True`` the sections already in ``out`` (same GPU, same
+    grid) are kept and this run's sections added or replaced, so that a long benchmark can be
+    recorded in several shorter runs. ``"complete"`` is true once every section is present.
+    Raises :class:`NoGPUError` without a CUDA GPU, ``ImportError`` without triton.
     """
     if settings is None:
         settings = default_settings()
@@ -468,7 +506,9 @@ def run_flash_benchmark(settings: BenchSettings | None = None, out=None, progres
     import triton  # noqa: F401 - fail early and clearly without it
 
     provenance = collect_provenance()
-    results: dict = {}
+    results, section_provenance = ({}, {})
+    if merge and out is not None:
+        results, section_provenance = _existing_results(out, settings, provenance["gpu"]["name"])
     runners = {
         "correctness": lambda: _section_correctness(settings, progress),
         "forward": lambda: _section_throughput(settings, progress, "fwd"),
@@ -477,15 +517,18 @@ def run_flash_benchmark(settings: BenchSettings | None = None, out=None, progres
         "memory": lambda: _section_memory(settings, progress),
     }
     started = time.perf_counter()
+    record = None
     for section in settings.sections:
         t0 = time.perf_counter()
         results[section] = runners[section]()
+        section_provenance[section] = _provenance_brief(provenance)
         progress(f"== {section} done in {time.perf_counter() - t0:.0f} s")
-        done = section == settings.sections[-1]
         provenance["elapsed_s"] = round(time.perf_counter() - started, 1)
-        record = build_record(provenance, settings, results, complete=done)
+        record = build_record(provenance, settings, results, complete=set(results) == set(SECTIONS),
+                              section_provenance=section_provenance)
         if out is not None:
             write_record(record, out)
-    if not settings.sections:
-        record = build_record(provenance, settings, results, complete=True)
+    if record is None:
+        record = build_record(provenance, settings, results, complete=set(results) == set(SECTIONS),
+                              section_provenance=section_provenance)
     return record

@@ -35,12 +35,20 @@ def provenance_summary(record: dict) -> str:
     git = p.get("git") or {}
     commit = (git.get("commit") or "unknown")[:12] + (" (uncommitted changes)" if git.get("dirty") else "")
     s = record["settings"]
+    runs = {}
+    for section, brief in (record.get("section_provenance") or {}).items():
+        key = (brief.get("date_utc"), ((brief.get("git") or {}).get("commit") or "unknown")[:12])
+        runs.setdefault(key, []).append(section)
+    parts = [] if len(runs) <= 1 else [
+        "recorded in several runs: " + "; ".join(f"{', '.join(secs)} on {date} at {sha}" for (date, sha), secs in runs.items())]
     return "\n".join([
         f"GPU: {gpu['name']} (compute capability {gpu.get('capability')}, "
         f"{gpu.get('total_memory_bytes', 0) / 2**30:.0f} GiB); {clocks}",
         f"software: torch {p['torch']}, CUDA {p['cuda']}, cuDNN {p.get('cudnn')}, triton {p['triton']}",
         f"measured {p['date_utc']} at commit {commit}; {'quick' if s.get('quick') else 'full'} run, "
-        f"{'complete' if record['complete'] else 'INCOMPLETE'}; timing: {s.get('statistic')} of {s.get('timer')}",
+        f"{'all sections' if record['complete'] else 'sections ' + ', '.join(record['results'])}; "
+        f"timing: {s.get('statistic')} of {s.get('timer')}",
+        *parts,
     ])
 
 

@@ -401,18 +401,15 @@ _TUNE_KEY_BWD = ["n_q", "n_k", "HEAD_DIM", "CAUSAL", "CAUSAL_SKIP", "USE_EXP2", 
 
 FWD_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bm, bn, w, s in [
-        (64, 32, 4, 3), (64, 64, 4, 3), (64, 64, 4, 4), (128, 32, 4, 3),
-        (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 8, 4),
-    ]
+    for bm, bn, w, s in [(64, 64, 4, 3), (128, 32, 4, 4), (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2)]
 ]
 DKDV_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bm, bn, w, s in [(32, 64, 4, 3), (32, 128, 4, 3), (32, 128, 8, 3), (64, 64, 4, 3), (64, 128, 8, 2), (16, 64, 4, 4)]
+    for bm, bn, w, s in [(32, 64, 4, 3), (32, 128, 4, 3), (64, 128, 8, 2), (16, 64, 4, 4)]
 ]
 DQ_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bm, bn, w, s in [(64, 32, 4, 3), (128, 32, 4, 3), (128, 32, 8, 3), (64, 64, 4, 3), (128, 64, 8, 2), (64, 16, 4, 4)]
+    for bm, bn, w, s in [(64, 32, 4, 3), (128, 32, 4, 3), (128, 64, 8, 2), (64, 16, 4, 4)]
 ]
 
 attn_fwd_tuned = triton.autotune(configs=FWD_CONFIGS, key=_TUNE_KEY)(_attn_fwd)
