@@ -198,3 +198,33 @@ else:
             mine = max_errors(ours(q, k, v, do, causal, config=FlashConfig()), exact)
             for m, t in zip(mine, theirs):
                 assert m <= 2 * t + 1e-3, (mine, theirs)
+
+
+if DEVICE == "cpu":
+
+    @pytest.mark.parametrize("n,causal", [(100, True), (128, False)])
+    def test_every_autotune_candidate_under_the_interpreter(n, causal, monkeypatch):
+        """The autotuned launch path (what a GPU runs by default), with the tuner's timer faked so
+        that each round picks a different candidate: every candidate of the forward, dK/dV and dQ
+        kernels computes the right thing (n=128: the unmasked EVEN path; n=100: ragged)."""
+        from transformer_book.flash import _kernels, triton_attention
+
+        tuned = [_kernels.attn_fwd_tuned, _kernels.attn_bwd_dkdv_tuned, _kernels.attn_bwd_dq_tuned]
+        monkeypatch.setattr(triton_attention, "_use_autotune", lambda config, interpreted: True)
+        rounds = max(len(t.configs) for t in tuned)
+        for target in range(rounds):
+            for t in tuned:
+                calls = iter(range(len(t.configs)))
+
+                def fake_do_bench(kernel_call, quantiles, t=t, calls=calls, target=target):
+                    kernel_call()
+                    timing = 0.0 if next(calls) == target % len(t.configs) else 1.0
+                    return [timing] * len(quantiles)
+
+                t.cache.clear()
+                monkeypatch.setitem(t.__dict__, "do_bench", fake_do_bench)
+            q, k, v, do = make(1, 1, n, n, 16, torch.float32, seed=target)
+            errors = max_errors(ours(q, k, v, do, causal, config=FlashConfig()), reference(q, k, v, do, causal))
+            chosen = [t.cache[next(iter(t.cache))].kwargs for t in tuned]
+            assert chosen == [t.configs[target % len(t.configs)].kwargs for t in tuned]
+            assert max(errors) < 2e-5, (chosen, errors)
