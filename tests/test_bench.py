@@ -284,6 +284,10 @@ def test_report_tables_and_figures():
     for plot in (report.plot_forward, report.plot_forward_backward, report.plot_ladder, report.plot_memory):
         fig = plot(record)
         assert fig.axes and any(ax.has_data() for ax in fig.axes)
+    assert report.plot_forward(record, dtype="bfloat16") is None  # no such rows: no figure, no crash
+    empty = dict(record, results={})
+    assert all(p(empty) is None for p in (report.plot_forward, report.plot_forward_backward,
+                                          report.plot_ladder, report.plot_memory))
     import matplotlib.pyplot as plt
 
     plt.close("all")

@@ -89,10 +89,13 @@ def throughput_table(record: dict, section: str = "forward") -> str:
 
 
 def plot_forward(record: dict, dtype: str = "float16"):
-    """TFLOP/s vs N, one panel per (D, causal), one line per provider. Returns the figure."""
+    """TFLOP/s vs N, one panel per (D, causal), one line per provider. Returns the figure, or
+    None when the record has no forward rows for ``dtype``."""
     import matplotlib.pyplot as plt
 
     rows = [r for r in record["results"].get("forward", []) if r["dtype"] == dtype]
+    if not rows:
+        return None
     dims = sorted({r["head_dim"] for r in rows})
     causals = sorted({r["causal"] for r in rows})
     fig, axes = plt.subplots(len(dims), len(causals), figsize=(5 * len(causals), 3.2 * len(dims)),
@@ -123,9 +126,11 @@ def plot_forward_backward(record: dict):
     import matplotlib.pyplot as plt
 
     rows = record["results"].get("forward_backward", [])
+    if not rows:
+        return None
     groups = sorted({(r["dtype"], r["head_dim"], r["causal"]) for r in rows})
     providers = [p for p in PROVIDER_LABELS if any(r["provider"] == p for r in rows)]
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 3.5))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)) + 2.5, 3.5))
     width = 0.8 / max(1, len(providers))
     for i, provider in enumerate(providers):
         xs, ys = [], []
@@ -140,7 +145,7 @@ def plot_forward_backward(record: dict):
     n = rows[0]["seq_len"] if rows else "?"
     ax.set_ylabel("forward + backward TFLOP/s")
     ax.set_title(f"Training step (forward + backward), N = {n}")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
@@ -151,6 +156,8 @@ def plot_ladder(record: dict):
     import matplotlib.pyplot as plt
 
     rows = record["results"].get("ladder", [])
+    if not rows:
+        return None
     groups = sorted({(r["head_dim"], r["causal"]) for r in rows})
     fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(5 * max(1, len(groups)), 3.5), squeeze=False, sharey=True)
     for ax, (d, causal) in zip(axes[0], groups):
@@ -174,6 +181,8 @@ def plot_memory(record: dict):
     import matplotlib.pyplot as plt
 
     rows = record["results"].get("memory", [])
+    if not rows:
+        return None
     fig, ax = plt.subplots(figsize=(6, 3.8))
     top = max([r["peak_bytes"] for r in rows if r["status"] == "ok"] or [1])
     for provider in PROVIDER_LABELS:
