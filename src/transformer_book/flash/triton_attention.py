@@ -15,6 +15,7 @@ Where it runs:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -143,6 +144,11 @@ def _dot_precision(dtype, config):
     return "tf32" if (dtype == torch.float32 and config.allow_tf32) else "ieee"
 
 
+def _on_device(x: torch.Tensor):
+    """Launch on the tensors' GPU (Triton launches on the *current* CUDA device)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 def _use_autotune(config, interpreted):
     return (not interpreted) if config.autotune is None else config.autotune
 
@@ -165,18 +171,19 @@ def flash_attention_forward(q, k, v, causal=False, scale=None, config=None):
         DOT_PRECISION=_dot_precision(q.dtype, config),
     )
     args = (q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o), H, B * H, n_q, n_k, qk_scale)
-    if _use_autotune(config, interpreted):
-        def grid(meta):
-            return (triton_cdiv(n_q, meta["BLOCK_M"]) * B * H,)
+    with _on_device(q):
+        if _use_autotune(config, interpreted):
+            def grid(meta):
+                return (triton_cdiv(n_q, meta["BLOCK_M"]) * B * H,)
 
-        # EVEN_* depend on the tile, which the tuner picks: take the safe (masked) variant
-        # unless the lengths are multiples of the largest tile any config uses (128).
-        kern.attn_fwd_tuned[grid](*args, EVEN_Q=n_q % 128 == 0, EVEN_K=n_k % 128 == 0, **common)
-    else:
-        bm, bn = config.block_m, config.block_n
-        grid = (triton_cdiv(n_q, bm) * B * H,)
-        kern.attn_fwd[grid](*args, BLOCK_M=bm, BLOCK_N=bn, EVEN_Q=n_q % bm == 0, EVEN_K=n_k % bn == 0,
-                            num_warps=config.num_warps, num_stages=config.num_stages, **common)
+            # EVEN_* depend on the tile, which the tuner picks: take the safe (masked) variant
+            # unless the lengths are multiples of the largest tile any config uses (128).
+            kern.attn_fwd_tuned[grid](*args, EVEN_Q=n_q % 128 == 0, EVEN_K=n_k % 128 == 0, **common)
+        else:
+            bm, bn = config.block_m, config.block_n
+            grid = (triton_cdiv(n_q, bm) * B * H,)
+            kern.attn_fwd[grid](*args, BLOCK_M=bm, BLOCK_N=bn, EVEN_Q=n_q % bm == 0, EVEN_K=n_k % bn == 0,
+                                num_warps=config.num_warps, num_stages=config.num_stages, **common)
     return o, lse
 
 
@@ -240,7 +247,8 @@ class _FlashAttentionFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _flash_backward(do, q, k, v, o, lse, ctx.causal, ctx.scale, ctx.config, ctx.interpreted)
+        with _on_device(q):
+            dq, dk, dv = _flash_backward(do, q, k, v, o, lse, ctx.causal, ctx.scale, ctx.config, ctx.interpreted)
         return dq, dk, dv, None, None, None
 
 
