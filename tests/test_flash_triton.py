@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
 
+@pytest.mark.slow  # ~40-60 s on 2 cores: every kernel test of this file, interpreted
 @pytest.mark.skipif(INTERPRET, reason="already inside the interpreter run")
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_interpreter_suite():
