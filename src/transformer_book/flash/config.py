@@ -41,7 +41,7 @@ class FlashConfig:
         num_warps, num_stages: launch settings when not autotuning; ``num_stages > 1``
             software-pipelines the key loop (loads of the next blocks overlap the math). Each
             stage holds its own K and V tiles in shared memory: float32 with D=128 and the
-            default tiles needs about 180 KB (an H100 has 228 KB per block, an A100 164 KB).
+            default tiles needs about 180 KB (a block may use up to 227 KB on an H100, 163 KB on an A100).
         bwd_block_owned, bwd_block_loop: backward tiles when not autotuning. A dK/dV program
             owns ``bwd_block_owned`` keys and loops over the queries ``bwd_block_loop`` at a
             time; a dQ program owns ``bwd_block_owned`` queries and loops over the keys.
