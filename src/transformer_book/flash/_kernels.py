@@ -21,10 +21,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
-LN2 = 0.6931471805599453  # ln(2)
-
-
 @triton.jit
 def _program_ids(n_blocks, n_bh, QBLOCKS_FASTEST: tl.constexpr):
     """Split the 1-D program id into (block index, batch*head index).
