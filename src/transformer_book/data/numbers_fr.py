@@ -1,0 +1,233 @@
+"""Number words, English to French, up to a billion: chapter 6's translation task.
+
+Harder than chapter 1's English -> German (:mod:`transformer_book.data.numbers`) in three ways:
+
+* longer: numbers up to 999,999,999, so up to 12 English words and 18 French ones;
+* French counts in twenties from 70 to 99: 71 is "soixante et onze" (sixty and eleven),
+  80 "quatre-vingts" (four twenties), 97 "quatre-vingt-dix-sept" (four twenty ten seven):
+  one English word ("ninety") becomes up to three French ones, and which ones depends on
+  the *next* English word;
+* agreement: "quatre-vingts" and "deux cents" take an "s" only at the end of a number or
+  before "millions" ("deux cents millions", but "deux cent mille", "deux cent un"),
+  "million" becomes "millions" after two or more, "mille" never changes, "un" is dropped
+  before "cent" and "mille" but not before "million".
+
+The data is made by `num2words <https://pypi.org/project/num2words/>`_ (``lang="fr"``,
+traditional spelling), so it is correct by construction and nothing is downloaded.
+Tokenization: English as in chapter 1 (words; hyphens, commas and "and" dropped); French split
+at spaces and hyphens. The hyphens are predictable (between two words below 100, except next
+to "et"), so :func:`join_french` puts them back.
+
+Splits are made **by number** (:func:`french_splits`): the test numbers never occur in
+training. The numbers below 100 always go to training: they are the task's lexicon.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from num2words import num2words
+
+from transformer_book.data.numbers import ENGLISH_WORDS, NumberSplits, Vocab
+
+__all__ = [
+    "MAX_VALUE",
+    "ENGLISH_WORDS_BIG",
+    "FRENCH_WORDS",
+    "english_words_big",
+    "french_text",
+    "french_words",
+    "join_french",
+    "sample_numbers_big",
+    "french_pairs",
+    "french_splits",
+    "english_vocab_big",
+    "french_vocab",
+    "encode_pairs",
+    "batches",
+]
+
+MAX_VALUE = 999_999_999
+"""Largest number of this task."""
+
+ENGLISH_WORDS_BIG = ENGLISH_WORDS + ("million",)
+"""Every word :func:`english_words_big` can produce."""
+
+FRENCH_WORDS = (
+    "zéro", "un", "deux", "trois", "quatre", "cinq", "six", "sept", "huit", "neuf",
+    "dix", "onze", "douze", "treize", "quatorze", "quinze", "seize",
+    "vingt", "vingts", "trente", "quarante", "cinquante", "soixante",
+    "et", "cent", "cents", "mille", "million", "millions",
+)
+"""Every token :func:`french_words` can produce."""
+
+# Tokens that stand apart (a space on both sides): the multipliers and "et".
+_SPACED = {"et", "cent", "cents", "mille", "million", "millions"}
+
+
+def _check_value(value: object, high: int = MAX_VALUE) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"value must be an int in [0, {high}], got {value!r} of type {type(value).__name__}")
+    if not 0 <= value <= high:
+        raise ValueError(f"value must be an int in [0, {high}], got {value!r}")
+    return value
+
+
+def english_words_big(value: int) -> list[str]:
+    """English words for ``0 <= value <= 999,999,999``, without "and", commas and hyphens.
+
+    >>> english_words_big(2_000_021)
+    ['two', 'million', 'twenty', 'one']
+    """
+    _check_value(value)
+    text = num2words(value, lang="en").replace("-", " ").replace(",", " ")
+    return [w for w in text.split() if w != "and"]
+
+
+def french_text(value: int) -> str:
+    """The French number, as num2words writes it: ``french_text(80) == "quatre-vingts"``."""
+    return num2words(_check_value(value), lang="fr")
+
+
+def french_words(value: int) -> list[str]:
+    """The French side of a pair: :func:`french_text` split at spaces and hyphens.
+
+    >>> french_words(97)
+    ['quatre', 'vingt', 'dix', 'sept']
+    """
+    return french_text(value).replace("-", " ").split()
+
+
+def join_french(tokens: Sequence[str]) -> str:
+    """Glue French tokens back into the written number (the inverse of :func:`french_words`).
+
+    Two neighbouring words below 100 are joined by a hyphen ("quatre-vingt-dix-sept"); "et",
+    "cent(s)", "mille" and "million(s)" stand apart with spaces ("vingt et un", "deux cents").
+    """
+    if isinstance(tokens, str):
+        raise TypeError("tokens must be a sequence of str, got a single str; pass ['quatre', 'vingts']")
+    tokens = list(tokens)
+    for i, t in enumerate(tokens):
+        if not isinstance(t, str):
+            raise TypeError(f"tokens[{i}] must be a str, got {type(t).__name__}")
+    out = ""
+    for i, t in enumerate(tokens):
+        if i == 0:
+            out = t
+        elif t in _SPACED or tokens[i - 1] in _SPACED:
+            out += " " + t
+        else:
+            out += "-" + t
+    return out
+
+
+def sample_numbers_big(n: int, max_value: int = MAX_VALUE, seed: int = 0) -> list[int]:
+    """``n`` distinct numbers from ``0..max_value``, spread evenly over digit counts, shuffled.
+
+    A uniform draw below a billion would be 90 % nine-digit numbers; here each digit count
+    (1 to 9 digits) gets the same share, and one with fewer numbers than its share (there are
+    only ten one-digit numbers) gives all of them and passes the rest on. Deterministic by ``seed``.
+    """
+    _check_value(max_value)
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= max_value + 1:
+        raise ValueError(f"n must be an int in [0, max_value + 1 = {max_value + 1}], got {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    strata, low = [], 0
+    while low <= max_value:
+        high = min(9 if low == 0 else low * 10 - 1, max_value)
+        strata.append((low, high))
+        low = high + 1
+    quota = [0] * len(strata)
+    left = n
+    open_ = sorted(range(len(strata)), key=lambda s: strata[s][1] - strata[s][0])
+    while open_:
+        share, s = left // len(open_), open_[0]
+        size = strata[s][1] - strata[s][0] + 1
+        if size <= share:  # a small stratum gives everything it has
+            quota[s], left = size, left - size
+            open_.pop(0)
+            continue
+        extra = left - share * len(open_)
+        for k, s in enumerate(open_):
+            quota[s] = share + (1 if k < extra else 0)
+        break
+    rng = random.Random(seed)
+    numbers = []
+    for (low, high), q in zip(strata, quota):
+        numbers.extend(rng.sample(range(low, high + 1), q))
+    rng.shuffle(numbers)
+    return numbers
+
+
+def french_pairs(numbers: Sequence[int]) -> list[tuple[list[str], list[str]]]:
+    """(English words, French words) for each number."""
+    return [(english_words_big(x), french_words(x)) for x in numbers]
+
+
+def french_splits(n_train: int, n_valid: int, n_test: int, max_value: int = MAX_VALUE, seed: int = 0,
+                  train_below: int = 100) -> NumberSplits:
+    """Train / validation / test pairs with no number in common (see the module docstring).
+
+    Every drawn number below ``train_below`` goes to training (and counts towards ``n_train``).
+    """
+    for name, value in (("n_train", n_train), ("n_valid", n_valid), ("n_test", n_test)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    total = n_train + n_valid + n_test
+    _check_value(max_value)
+    if total > max_value + 1:
+        raise ValueError(f"n_train + n_valid + n_test = {total} must be <= max_value + 1 = {max_value + 1}")
+    numbers = sample_numbers_big(total, max_value, seed)
+    lexicon = [x for x in numbers if x < train_below]
+    if len(lexicon) > n_train:
+        raise ValueError(f"n_train={n_train} must be at least the number of drawn numbers below "
+                         f"train_below={train_below} ({len(lexicon)})")
+    rest = [x for x in numbers if x >= train_below]
+    k = n_train - len(lexicon)
+    train = lexicon + rest[:k]
+    random.Random(seed).shuffle(train)
+    valid, test = rest[k:k + n_valid], rest[k + n_valid:]
+    return NumberSplits(french_pairs(train), french_pairs(valid), french_pairs(test), train, valid, test)
+
+
+def english_vocab_big() -> Vocab:
+    """Source vocabulary: the specials and :data:`ENGLISH_WORDS_BIG` (34 tokens)."""
+    return Vocab(ENGLISH_WORDS_BIG)
+
+
+def french_vocab() -> Vocab:
+    """Target vocabulary: the specials and :data:`FRENCH_WORDS` (32 tokens)."""
+    return Vocab(FRENCH_WORDS)
+
+
+def encode_pairs(pairs: Sequence[tuple[Sequence[str], Sequence[str]]], src_vocab: Vocab, tgt_vocab: Vocab):
+    """``(src (N, S), tgt (N, T + 2))`` id tensors, right-padded; targets get ``<bos>`` and ``<eos>``."""
+    if isinstance(pairs, str) or not isinstance(pairs, Sequence) or len(pairs) == 0:
+        raise ValueError(f"pairs must be a non-empty list of (source words, target words), got {type(pairs).__name__}")
+    src = src_vocab.encode_batch([s for s, _ in pairs])
+    tgt = tgt_vocab.encode_batch([t for _, t in pairs], add_bos=True, add_eos=True)
+    return src, tgt
+
+
+def batches(src, tgt, batch_size: int, seed: int = 0, pad_id: int = 0):
+    """Endless shuffled mini-batches ``(src (B, S), tgt (B, T))`` of two id tensors, padding columns trimmed.
+
+    Each pass over the data is a new permutation drawn from ``seed``: the same seed gives the
+    same batches in the same order.
+    """
+    import torch
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if src.shape[0] != tgt.shape[0]:
+        raise ValueError(f"src and tgt must have the same number of rows, got {tuple(src.shape)} and {tuple(tgt.shape)}")
+    g = torch.Generator().manual_seed(seed)
+    n = src.shape[0]
+    while True:
+        order = torch.randperm(n, generator=g)
+        for start in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+            idx = order[start:start + batch_size]
+            s, t = src[idx], tgt[idx]
+            yield s[:, : int((s != pad_id).sum(1).max())], t[:, : int((t != pad_id).sum(1).max())]
