@@ -1,0 +1,147 @@
+"""Checkers for the exercises of chapter 6 (the encoder-decoder Transformer).
+
+Each ``check_*`` runs the learner's function on a handful of cases, compares it with the book's
+reference (torch's own where there is one), prints a short verdict and returns a
+:class:`~transformer_book.exercises.core.CheckReport`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from transformer_book.exercises.core import Case, CheckReport, check_function
+
+__all__ = ["check_rms_norm", "check_residual", "check_beam_step", "check_label_smoothing"]
+
+
+def _randn(*shape: int, seed: int, scale: float = 1.0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+# --------------------------------------------------------------------------- RMSNorm
+def _rms_norm_reference(x, weight, eps):
+    return F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+
+def check_rms_norm(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-06-rmsnorm: ``fn(x, weight, eps) -> x / sqrt(mean(x**2, last dim) + eps) * weight`` (vs ``F.rms_norm``)."""
+    mean_hint = ("Divide by the root of the mean of the squares over the last dimension (keepdim=True), "
+                 "plus eps inside the square root; do not subtract the mean.")
+    cases = [
+        Case(args=(_randn(2, 3, 8, seed=1), torch.ones(8), 1e-6), label="(2, 3, 8), weight 1", hint=mean_hint),
+        Case(args=(_randn(4, 6, seed=2, scale=10.0) + 5.0, _randn(6, seed=3), 1e-6),
+             label="shifted input (mean 5), learned weight",
+             hint="RMSNorm does not centre: the mean stays in, unlike LayerNorm."),
+        Case(args=(_randn(3, 5, seed=4, scale=1e-4), torch.ones(5), 1e-2), label="tiny input, eps=1e-2",
+             hint="eps goes inside the square root: sqrt(mean(x**2) + eps)."),
+        Case(args=(torch.zeros(2, 4), torch.ones(4), 1e-6), label="all-zero input (no division by zero)",
+             hint="With eps inside the square root the result for x = 0 is 0, not NaN."),
+        Case(args=(_randn(1, 2, 3, 16, seed=5), _randn(16, seed=6), 1e-5), label="4-D input, normalise the last axis",
+             hint=mean_hint),
+    ]
+    return check_function(fn, reference=_rms_norm_reference, cases=cases, exercise="ex-06-rmsnorm", quiet=quiet)
+
+
+# --------------------------------------------------------------------------- post-LN / pre-LN residual
+def _residual_reference(x, sublayer, norm, norm_first):
+    if norm_first:
+        return x + sublayer(norm(x))
+    return norm(x + sublayer(x))
+
+
+def _sublayer(d: int, seed: int):
+    """A small feed-forward sub-layer ``(..., d) -> (..., d)`` as a plain function."""
+    w1, w2 = _randn(2 * d, d, seed=seed, scale=d ** -0.5), _randn(d, 2 * d, seed=seed + 1, scale=(2 * d) ** -0.5)
+
+    def sublayer(x):
+        return torch.relu(x @ w1.T) @ w2.T
+
+    return sublayer
+
+
+def _norm(d: int, seed: int):
+    """A LayerNorm with a learned-looking weight and bias, as a plain function."""
+    weight, bias = 1.0 + 0.5 * _randn(d, seed=seed), 0.5 * _randn(d, seed=seed + 1)
+
+    def norm(x):
+        return F.layer_norm(x, (d,), weight, bias)
+
+    return norm
+
+
+def check_residual(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-06-residual: ``fn(x, sublayer, norm, norm_first)``: ``norm(x + f(x))`` (post-LN) or ``x + f(norm(x))`` (pre-LN)."""
+    post = "Post-LN (norm_first=False): add first, then normalise the sum: norm(x + sublayer(x))."
+    pre = "Pre-LN (norm_first=True): normalise the sub-layer's input only; the residual x is added untouched."
+    cases = []
+    for i, (shape, norm_first) in enumerate([((2, 3, 8), False), ((2, 3, 8), True), ((1, 5, 4), False),
+                                             ((1, 5, 4), True), ((3, 1, 6), True)]):
+        d = shape[-1]
+        x = _randn(*shape, seed=10 + i, scale=3.0) + 2.0
+        cases.append(Case(args=(x, _sublayer(d, i), _norm(d, 20 + i), norm_first),
+                          label=f"{'pre' if norm_first else 'post'}-LN, x {shape}", hint=pre if norm_first else post))
+    return check_function(fn, reference=_residual_reference, cases=cases, exercise="ex-06-residual", quiet=quiet)
+
+
+# --------------------------------------------------------------------------- one beam-search step
+def _beam_step_reference(scores, log_probs, beam_size):
+    v = log_probs.shape[-1]
+    top, idx = (scores[:, None] + log_probs).reshape(-1).topk(beam_size)
+    return top, idx // v, idx % v
+
+
+def _log_probs(k: int, v: int, seed: int) -> torch.Tensor:
+    return torch.log_softmax(_randn(k, v, seed=seed, scale=2.0), dim=-1)
+
+
+def check_beam_step(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-06-beam-step: ``fn(scores (K,), log_probs (K, V), beam_size) -> (new_scores, beam, token)``.
+
+    The ``beam_size`` best extensions over all beams and tokens, best first: their total scores,
+    the beam each extends and the token it adds.
+    """
+    add_hint = ("Add each beam's score to its row of log-probabilities (scores[:, None] + log_probs), then take "
+                "the top beam_size over all K*V entries at once (flatten first).")
+    index_hint = ("After flattening (K, V), entry i is beam i // V and token i % V; return the indices as "
+                  "integer tensors.")
+    cases = [
+        Case(args=(torch.tensor([0.0]), _log_probs(1, 5, 1), 3), label="first step: one beam, V=5, keep 3",
+             hint=index_hint),
+        Case(args=(torch.tensor([-0.5, -1.0, -3.0]), _log_probs(3, 4, 2), 3), label="K=3, V=4, keep 3",
+             hint=add_hint),
+        Case(args=(torch.tensor([-0.1, -6.0]), _log_probs(2, 6, 3), 2),
+             label="a weak beam whose best token is still worse", hint=add_hint),
+        Case(args=(torch.tensor([-2.0, -0.2]), _log_probs(2, 3, 4), 4),
+             label="both extensions of the better beam win", hint=index_hint),
+        Case(args=(torch.tensor([-1.0, -1.5, -0.7, -2.0]), _log_probs(4, 7, 5), 1), label="beam_size=1 (greedy)",
+             hint=add_hint),
+    ]
+    return check_function(fn, reference=_beam_step_reference, cases=cases, exercise="ex-06-beam-step", quiet=quiet)
+
+
+# --------------------------------------------------------------------------- label smoothing
+def _label_smoothing_reference(logits, targets, eps, pad_id):
+    return F.cross_entropy(logits, targets, label_smoothing=eps, ignore_index=pad_id)
+
+
+def check_label_smoothing(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-06-label-smoothing: ``fn(logits (N, V), targets (N,), eps, pad_id) -> scalar``, as ``F.cross_entropy``."""
+    mix_hint = ("The loss is (1 - eps) * (-log p[target]) + eps * mean over all V classes of (-log p), "
+                "averaged over the rows whose target is not pad_id.")
+    g = torch.Generator().manual_seed(0)
+    cases = [
+        Case(args=(torch.randn(6, 5, generator=g), torch.tensor([1, 2, 3, 4, 1, 2]), 0.0, 0),
+             label="eps=0: plain cross-entropy", hint="With eps=0 it is the mean of -log_softmax(logits)[target]."),
+        Case(args=(torch.randn(6, 5, generator=g), torch.tensor([1, 2, 3, 4, 1, 2]), 0.1, 0), label="eps=0.1",
+             hint=mix_hint),
+        Case(args=(torch.randn(5, 7, generator=g) * 4, torch.tensor([3, 0, 6, 0, 2]), 0.2, 0),
+             label="eps=0.2 with padding rows (target 0)",
+             hint="Rows whose target is pad_id count neither in the sum nor in the number of rows."),
+        Case(args=(torch.randn(4, 3, generator=g), torch.tensor([2, 1, 2, 1]), 0.5, 0), label="eps=0.5, V=3",
+             hint=mix_hint),
+        Case(args=(torch.randn(3, 6, generator=g), torch.tensor([5, 1, 0]), 0.1, 5), label="pad_id=5 (0 is a class)",
+             hint="Compare the targets with pad_id, not with 0."),
+    ]
+    return check_function(fn, reference=_label_smoothing_reference, cases=cases, exercise="ex-06-label-smoothing",
+                          quiet=quiet, atol=1e-5, rtol=1e-4)
