@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import ast
 import copy
-import math
+import json
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -62,9 +63,23 @@ class CodeData:
     heldout: Tensor
 
 
+_DATA_MEMO: dict[str, CodeData] = {}
+
+
 def prepare_data(recipe: Mapping = CHAPTER7_RECIPE) -> CodeData:
-    """Train the recipe's tokenizer on the start of the training corpus and encode both splits."""
+    """Train the recipe's tokenizer on the start of the training corpus and encode both splits.
+
+    Deterministic, and remembered for the session (a notebook that shows the data and then
+    trains does the work once); treat the returned tensors as read-only.
+    """
     d, t = recipe["data"], recipe["tokenizer"]
+    memo_key = json.dumps([d, t], sort_keys=True)
+    if memo_key not in _DATA_MEMO:
+        _DATA_MEMO[memo_key] = _prepare_data(d, t)
+    return _DATA_MEMO[memo_key]
+
+
+def _prepare_data(d: Mapping, t: Mapping) -> CodeData:
     if t["kind"] != "BPETokenizer" or t["pattern"] != "gpt2":
         raise ValueError(f"unsupported tokenizer settings {t!r}: expected kind 'BPETokenizer', pattern 'gpt2'")
     text = stdlib_corpus(max_bytes=d["train_bytes"], seed=d["corpus_seed"], split="train")
@@ -174,8 +189,11 @@ _HEADER = re.compile(r"^def [A-Za-z_]\w*\(.*\)(?: -> [^:]+)?:[ \t]*$", re.MULTIL
 def function_headers(n: int, seed: int = 0, max_bytes: int | None = None, max_chars: int = 70) -> list[str]:
     """``n`` one-line top-level ``def`` headers from the held-out files (never seen in training).
 
-    Each ends with ``":\\n"`` and is at most ``max_chars`` long; chosen at random (``seed``)
-    among the distinct headers found.
+    Each ends with its colon, *without* the newline: in training, the colon of a ``def`` is
+    followed by one token holding the newline and the next line's indentation (GPT-2's
+    pre-tokenizer keeps a run of whitespace together), and a prompt ending in a bare ``"\\n"``
+    would cut that token in two, a sequence the model has never seen. Headers are at most
+    ``max_chars`` long, chosen at random (``seed``) among the distinct ones found.
     """
     import random
 
@@ -183,30 +201,37 @@ def function_headers(n: int, seed: int = 0, max_bytes: int | None = None, max_ch
     found = sorted({m.group(0).rstrip() for m in _HEADER.finditer(text) if len(m.group(0)) <= max_chars})
     if len(found) < n:
         raise ValueError(f"only {len(found)} distinct headers in the held-out code, asked for n={n}")
-    return [h + "\n" for h in random.Random(seed).sample(found, n)]
+    return random.Random(seed).sample(found, n)
 
 
 def cut_snippet(prompt: str, continuation: str) -> str:
-    """The generated function: ``prompt`` plus the complete lines of ``continuation`` up to the dedent.
+    """The generated function: the header line and the complete, indented lines that follow it.
 
     Generation stops after a fixed number of tokens, usually in the middle of a line: that last,
     unfinished line is dropped. A non-blank line that starts at column 0 ends the function (the
     model has moved on to the next top-level statement): it and everything after it are dropped.
+    If not even the header's line was finished, the snippet is the prompt alone (which does not
+    parse: a ``def`` needs a body).
     """
-    complete = continuation[: continuation.rfind("\n") + 1]  # "" when no line was finished
-    kept = []
-    for line in complete.splitlines(keepends=True):
+    text = prompt + continuation
+    if "\n" not in text:
+        return prompt
+    lines = text[: text.rfind("\n") + 1].splitlines(keepends=True)
+    kept = lines[:1]
+    for line in lines[1:]:
         if line.strip() and not line[0].isspace():
             break
         kept.append(line)
-    return prompt + "".join(kept)
+    return "".join(kept)
 
 
 def _parses(source: str) -> bool:
-    try:
-        ast.parse(source)
-    except (SyntaxError, ValueError):  # ValueError: a null byte in the source
-        return False
+    with warnings.catch_warnings():  # e.g. "invalid escape sequence": a warning, not a syntax error
+        warnings.simplefilter("ignore")
+        try:
+            ast.parse(source)
+        except (SyntaxError, ValueError):  # ValueError: a null byte in the source
+            return False
     return True
 
 
@@ -223,18 +248,25 @@ def parse_rate(model: nn.Module, tokenizer: BPETokenizer, prompts: Sequence[str]
                ) -> tuple[float, list[Snippet]]:
     """Generate a function body for each prompt, cut it (:func:`cut_snippet`) and ``ast.parse`` it.
 
-    Returns the fraction that parses and the snippets. The same prompts, length, sampling
-    settings and seed give every model the same test.
+    Returns the fraction that parses and the snippets (in the order of ``prompts``). Prompts with
+    the same number of tokens are generated together as one batch (no padding needed). The same
+    prompts, length, sampling settings and seed give every model the same test.
     """
     if not prompts:
         raise ValueError("prompts must not be empty")
     generator = torch.Generator().manual_seed(seed)
-    snippets = []
-    for prompt in prompts:
-        idx = torch.tensor([tokenizer.encode(prompt)])
+    encoded = [tokenizer.encode(p) for p in prompts]
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        by_length.setdefault(len(ids), []).append(i)
+    snippets: list[Snippet | None] = [None] * len(prompts)
+    for length in sorted(by_length):
+        group = by_length[length]
+        idx = torch.tensor([encoded[i] for i in group])  # (B, length)
         out = generate(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                        generator=generator)
-        raw = tokenizer.decode(out[0, idx.shape[1]:].tolist())
-        text = cut_snippet(prompt, raw)
-        snippets.append(Snippet(prompt, text, raw, _parses(text)))
+        for row, i in enumerate(group):
+            raw = tokenizer.decode(out[row, length:].tolist())
+            text = cut_snippet(prompts[i], raw)
+            snippets[i] = Snippet(prompts[i], text, raw, _parses(text))
     return sum(s.parses for s in snippets) / len(snippets), snippets

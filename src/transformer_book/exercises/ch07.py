@@ -1,0 +1,95 @@
+"""Checkers for the exercises of chapter 7 (GPT).
+
+Each ``check_*`` runs the learner's function on a handful of cases, compares it with the book's
+implementation (:mod:`transformer_book.generate`, :mod:`transformer_book.bigram`, or a reference
+written here), prints a short verdict and returns a
+:class:`~transformer_book.exercises.core.CheckReport`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from transformer_book.bigram import bigram_counts
+from transformer_book.exercises.core import Case, CheckReport, check_function
+from transformer_book.generate import top_k_filter, top_p_filter
+
+__all__ = ["check_top_k", "check_top_p", "check_lm_loss", "check_bigram_counts"]
+
+_INF_HINT = "Removed tokens get float('-inf') (probability exactly 0 after the softmax); kept logits stay unchanged."
+
+
+def _randn(*shape: int, seed: int, scale: float = 1.0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def check_top_k(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-07-top-k: ``fn(logits, k)``: keep each row's ``k`` largest logits, ``-inf`` elsewhere."""
+    hint = "torch.topk(logits, k, dim=-1).values[..., -1:] is each row's k-th largest value. " + _INF_HINT
+    cases = [
+        Case(args=(torch.tensor([1.0, 3.0, 2.0, 0.0]), 2), label="4 logits, k=2", hint=hint),
+        Case(args=(_randn(3, 10, seed=1, scale=3.0), 3), label="3 rows of 10, k=3",
+             hint="Each row keeps its own k largest: work along the last dimension. " + hint),
+        Case(args=(_randn(2, 6, seed=2), 1), label="k=1 (greedy)", hint=hint),
+        Case(args=(_randn(2, 5, seed=3), 5), label="k = V keeps everything", hint=hint),
+        Case(args=(_randn(2, 3, 7, seed=4), 4), label="batch of (2, 3, 7), k=4",
+             hint="Any number of leading dimensions: index with [..., -1:]. " + hint),
+    ]
+    return check_function(fn, reference=top_k_filter, cases=cases, exercise="ex-07-top-k", quiet=quiet)
+
+
+def check_top_p(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-07-top-p: ``fn(logits, p)``: keep the smallest set of most likely tokens with mass >= ``p``."""
+    hint = ("Sort the probabilities in decreasing order; keep a token when the probability of the tokens "
+            "*before* it (cumsum minus itself) is still < p, so the token that crosses p is kept. "
+            "Then put the decision back in vocabulary order (scatter). " + _INF_HINT)
+    quarter = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
+    cases = [
+        Case(args=(quarter, 0.6), label="probs (0.5, 0.3, 0.15, 0.05), p=0.6: keep two", hint=hint),
+        Case(args=(quarter[[3, 1, 0, 2]], 0.9), label="same probs shuffled, p=0.9: keep three",
+             hint="The vocabulary is not sorted: sort, decide, then undo the sort. " + hint),
+        Case(args=(quarter, 0.4), label="p below the top probability: keep only the top token", hint=hint),
+        Case(args=(_randn(4, 20, seed=5, scale=2.0), 0.8), label="4 rows of 20, p=0.8",
+             hint="Each row has its own nucleus: softmax, sort and cumsum along the last dimension. " + hint),
+        Case(args=(_randn(2, 9, seed=6), 1.0), label="p=1 keeps everything", hint=hint),
+    ]
+    return check_function(fn, reference=top_p_filter, cases=cases, exercise="ex-07-top-p", quiet=quiet)
+
+
+def _lm_loss_reference(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+
+
+def check_lm_loss(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-07-lm-loss: ``fn(logits, ids)``: mean cross-entropy of ``logits[:, t]`` against ``ids[:, t + 1]``."""
+    hint = ("Position t predicts the token at t + 1: drop the last position of logits (logits[:, :-1]) and "
+            "the first token of ids (ids[:, 1:]), flatten, then F.cross_entropy (a mean).")
+
+    def case(b, t, v, seed, label):
+        g = torch.Generator().manual_seed(seed)
+        return Case(args=(torch.randn(b, t, v, generator=g) * 2, torch.randint(0, v, (b, t), generator=g)),
+                    label=label, hint=hint)
+
+    cases = [
+        case(1, 5, 7, 1, "one sequence, T=5, V=7"),
+        case(3, 8, 11, 2, "batch of 3, T=8, V=11"),
+        case(2, 2, 4, 3, "T=2: a single prediction per sequence"),
+        case(4, 16, 50, 4, "batch of 4, T=16, V=50"),
+    ]
+    return check_function(fn, reference=_lm_loss_reference, cases=cases, exercise="ex-07-lm-loss", quiet=quiet)
+
+
+def check_bigram_counts(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-07-bigram-counts: ``fn(ids, vocab_size)``: ``(V, V)`` int64, ``[a, b]`` = times ``b`` follows ``a``."""
+    hint = ("Row = the current token a, column = the next token b: count every adjacent pair "
+            "(ids[i], ids[i + 1]) once, for i from 0 to len(ids) - 2. Return torch.int64 counts.")
+    g = torch.Generator().manual_seed(7)
+    cases = [
+        Case(args=([0, 1, 1, 2], 3), label="ids 0 1 1 2, V=3", hint=hint),
+        Case(args=([2, 0, 2, 0, 2], 3), label="ids 2 0 2 0 2: rows vs columns", hint=hint),
+        Case(args=([4], 5), label="one token: no pairs at all", hint=hint),
+        Case(args=(torch.randint(0, 6, (200,), generator=g).tolist(), 6), label="200 random ids, V=6", hint=hint),
+        Case(args=([1, 1, 1, 1], 4), label="a repeated token", hint=hint),
+    ]
+    return check_function(fn, reference=bigram_counts, cases=cases, exercise="ex-07-bigram-counts", quiet=quiet)

@@ -1,0 +1,168 @@
+"""Chapter 7 checkers: right solutions pass, typical wrong ones fail with a useful message."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from transformer_book.exercises import ch07
+
+torch.set_num_threads(1)
+
+
+def _run(checker, fn):
+    return checker(fn, quiet=True)
+
+
+def _first_failure(report):
+    return next(c for c in report.cases if not c.passed)
+
+
+# ---------------------------------------------------------------- top-k
+def _top_k_right(logits, k):
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def test_top_k_right_passes_and_stub_is_not_done():
+    assert _run(ch07.check_top_k, _top_k_right).passed
+
+    def stub(logits, k):
+        raise NotImplementedError("Exercise ex-07-top-k: write it")
+
+    report = _run(ch07.check_top_k, stub)
+    assert report.not_done and "not done yet" in report.text()
+
+
+def test_top_k_wrong_solutions_fail():
+    def off_by_one(logits, k):  # keeps k + 1 tokens
+        kth = torch.topk(logits, min(k + 1, logits.shape[-1]), dim=-1).values[..., -1:]
+        return logits.masked_fill(logits < kth, float("-inf"))
+
+    def zeros_not_inf(logits, k):
+        kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+        return logits.masked_fill(logits < kth, 0.0)
+
+    def global_not_per_row(logits, k):
+        kth = logits.flatten().topk(k).values[-1]
+        return logits.masked_fill(logits < kth, float("-inf"))
+
+    def in_place(logits, k):
+        kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+        logits[logits < kth] = float("-inf")
+        return logits
+
+    report = _run(ch07.check_top_k, off_by_one)
+    assert not report.passed and "topk" in _first_failure(report).hint
+    report = _run(ch07.check_top_k, zeros_not_inf)
+    assert not report.passed and "-inf" in _first_failure(report).hint
+    report = _run(ch07.check_top_k, global_not_per_row)
+    assert not report.passed and report.n_passed >= 1  # the 1-D case passes, the batched ones do not
+    report = _run(ch07.check_top_k, in_place)
+    assert not report.passed and "changed its input" in report.text()
+
+
+# ---------------------------------------------------------------- top-p
+def _top_p_right(logits, p):
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    remove = (probs.cumsum(-1) - probs) >= p
+    remove[..., 0] = False
+    return logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
+
+
+def test_top_p_right_passes():
+    assert _run(ch07.check_top_p, _top_p_right).passed
+
+
+def test_top_p_wrong_solutions_fail():
+    def drops_crossing_token(logits, p):  # keeps tokens while the cumsum *including* them is < p
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        remove = sorted_logits.softmax(-1).cumsum(-1) >= p
+        return logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
+
+    def forgets_unsort(logits, p):
+        sorted_logits, _ = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        remove = (probs.cumsum(-1) - probs) >= p
+        return logits.masked_fill(remove, float("-inf"))
+
+    def on_logits_not_probs(logits, p):
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        remove = (sorted_logits.cumsum(-1) - sorted_logits) >= p
+        remove[..., 0] = False
+        return logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
+
+    def never_returns(logits, p):
+        while True:
+            pass
+
+    report = _run(ch07.check_top_p, drops_crossing_token)
+    assert not report.passed and "crosses p is kept" in _first_failure(report).hint
+    report = _run(ch07.check_top_p, forgets_unsort)
+    assert not report.passed and "shuffled" in _first_failure(report).label
+    assert not _run(ch07.check_top_p, on_logits_not_probs).passed
+    report = _run(ch07.check_top_p, never_returns)
+    assert not report.passed and "did not return" in report.text()
+
+
+# ---------------------------------------------------------------- language-model loss
+def _lm_loss_right(logits, ids):
+    v = logits.shape[-1]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, v), ids[:, 1:].reshape(-1))
+
+
+def test_lm_loss_right_passes():
+    assert _run(ch07.check_lm_loss, _lm_loss_right).passed
+
+
+def test_lm_loss_wrong_solutions_fail():
+    def no_shift(logits, ids):
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids.reshape(-1))
+
+    def shift_backwards(logits, ids):
+        return F.cross_entropy(logits[:, 1:].reshape(-1, logits.shape[-1]), ids[:, :-1].reshape(-1))
+
+    def summed(logits, ids):
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                               reduction="sum")
+
+    def nan_loss(logits, ids):
+        return torch.tensor(float("nan"))
+
+    def raises(logits, ids):
+        return F.cross_entropy(logits, ids)  # (B, T, V) against (B, T): wrong layout for cross_entropy
+
+    for wrong in (no_shift, shift_backwards):
+        report = _run(ch07.check_lm_loss, wrong)
+        assert not report.passed and "t + 1" in _first_failure(report).hint, wrong.__name__
+    report = _run(ch07.check_lm_loss, summed)
+    assert not report.passed and "×" in report.text()  # the verdict points at a constant factor
+    report = _run(ch07.check_lm_loss, nan_loss)
+    assert not report.passed and "NaN" in report.text()
+    report = _run(ch07.check_lm_loss, raises)
+    assert not report.passed and "Error" in _first_failure(report).reason
+
+
+# ---------------------------------------------------------------- bigram counts
+def _bigram_right(ids, vocab_size):
+    counts = torch.zeros(vocab_size, vocab_size, dtype=torch.int64)
+    for a, b in zip(ids, ids[1:]):
+        counts[a, b] += 1
+    return counts
+
+
+def test_bigram_counts_right_passes():
+    assert _run(ch07.check_bigram_counts, _bigram_right).passed
+
+
+@pytest.mark.parametrize("wrong, expected_message", [
+    (lambda ids, v: _bigram_right(ids, v).T.contiguous(), "expected"),  # rows and columns swapped
+    (lambda ids, v: _bigram_right(ids + ids[:1], v), "expected"),  # wraps around: one pair too many
+    (lambda ids, v: _bigram_right(ids, v).float(), "dtype"),
+    (lambda ids, v: _bigram_right(ids[:-1], v), "expected"),  # misses the last pair
+])
+def test_bigram_counts_wrong_solutions_fail(wrong, expected_message):
+    report = _run(ch07.check_bigram_counts, wrong)
+    assert not report.passed and expected_message in report.text()
