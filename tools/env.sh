@@ -39,5 +39,8 @@ fi
 # The website's JavaScript (MathJax, require.js, the widget manager, d3, jQuery): fetched
 # once from the npm registry, then served by the site itself.
 python "$_root/tools/vendor_js.py"
+# Idle OpenMP threads spin by default; with two notebooks sharing two cores, the spinning made
+# each one several times slower. Passive waiting gives the core back.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 unset _root _kind _req _want _have _py
 set +euo pipefail
