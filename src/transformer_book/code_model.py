@@ -49,7 +49,7 @@ CHAPTER7_RECIPE = {
     "data": {"train_bytes": 2_000_000, "heldout_bytes": 150_000, "corpus_seed": 0},
     "tokenizer": {"kind": "BPETokenizer", "pattern": "gpt2", "vocab_size": 768, "train_bytes": 400_000},
     "model": {"block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 128, "dropout": 0.0, "bias": True},
-    "train": {"steps": 700, "batch_size": 32, "lr": 3e-3, "warmup": 40, "min_lr_ratio": 0.1,
+    "train": {"steps": 700, "batch_size": 32, "lr": 6e-3, "warmup": 50, "min_lr_ratio": 0.1,
               "weight_decay": 0.1, "clip": 1.0, "eval_every": 100, "eval_windows": 128},
 }
 
@@ -235,12 +235,32 @@ def _parses(source: str) -> bool:
     return True
 
 
+def _has_code(source: str) -> bool:
+    """Whether a snippet that parses has a function body beyond its docstring."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return False
+    func = next((node for node in tree.body if isinstance(node, ast.FunctionDef)), None)
+    if func is None:
+        return False
+    body = func.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]  # the docstring
+    return bool(body)
+
+
 @dataclass
 class Snippet:
+    """One generated function: ``text`` (prompt + kept body) is what ``ast.parse`` judged."""
+
     prompt: str
     text: str  # the cut snippet (prompt + body)
     raw: str  # everything generated after the prompt
     parses: bool
+    has_code: bool = False  # parses, and the body has a statement besides a docstring
 
 
 def parse_rate(model: nn.Module, tokenizer: BPETokenizer, prompts: Sequence[str], max_new_tokens: int = 48,
@@ -268,5 +288,6 @@ def parse_rate(model: nn.Module, tokenizer: BPETokenizer, prompts: Sequence[str]
         for row, i in enumerate(group):
             raw = tokenizer.decode(out[row, length:].tolist())
             text = cut_snippet(prompts[i], raw)
-            snippets[i] = Snippet(prompts[i], text, raw, _parses(text))
+            ok = _parses(text)
+            snippets[i] = Snippet(prompts[i], text, raw, ok, ok and _has_code(text))
     return sum(s.parses for s in snippets) / len(snippets), snippets

@@ -300,8 +300,10 @@ class GPT(nn.Module):
                 raise ValueError(f"the Hugging Face state dict has no parameter {key!r}")
             value = transform(state[key])
             if tuple(value.shape) != tuple(ours.shape):
-                raise ValueError(f"parameter {key!r}: Hugging Face shape {tuple(state[key].shape)} (as ours: "
-                                 f"{tuple(value.shape)}) does not fit our shape {tuple(ours.shape)}")
+                stored = tuple(state[key].shape)
+                converted = f" (transposed/cut for us: {tuple(value.shape)})" if tuple(value.shape) != stored else ""
+                raise ValueError(f"parameter {key!r}: Hugging Face shape {stored}{converted} does not fit our "
+                                 f"shape {tuple(ours.shape)}")
             copies.append((key, ours, value))
 
         c = self.config
