@@ -49,7 +49,7 @@ CHAPTER7_RECIPE = {
     "data": {"train_bytes": 2_000_000, "heldout_bytes": 150_000, "corpus_seed": 0},
     "tokenizer": {"kind": "BPETokenizer", "pattern": "gpt2", "vocab_size": 768, "train_bytes": 400_000},
     "model": {"block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 128, "dropout": 0.0, "bias": True},
-    "train": {"steps": 700, "batch_size": 32, "lr": 6e-3, "warmup": 50, "min_lr_ratio": 0.1,
+    "train": {"steps": 600, "batch_size": 32, "lr": 6e-3, "warmup": 50, "min_lr_ratio": 0.1,
               "weight_decay": 0.1, "clip": 1.0, "eval_every": 100, "eval_windows": 128},
 }
 
