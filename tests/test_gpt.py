@@ -108,6 +108,8 @@ def test_unsupported_hf_variants_are_refused():
         GPT.from_hf_gpt2(_hf_model(scale_attn_by_inverse_layer_idx=True))
     with pytest.raises(ValueError, match="activation_function='relu'"):
         GPT.from_hf_gpt2(_hf_model(activation_function="relu"))
+    with pytest.raises(ValueError, match="untied"):
+        GPT.from_hf_gpt2(_hf_model(tie_word_embeddings=False))
     with pytest.raises(TypeError, match="Hugging Face GPT-2 model"):
         GPT.from_hf_gpt2(torch.nn.Linear(2, 2))
 

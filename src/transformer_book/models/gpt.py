@@ -327,6 +327,10 @@ class GPT(nn.Module):
             take(p + "mlp.c_proj.bias", block.mlp.fc_out.bias)
         take("ln_f.weight", self.ln_f.weight)
         take("ln_f.bias", self.ln_f.bias)
+        head = state.get("lm_head.weight")
+        if head is not None and not torch.equal(head, state[prefix + "wte.weight"]):
+            raise ValueError("the Hugging Face model's lm_head.weight differs from its wte.weight (untied "
+                             "embeddings): this GPT always ties them")
         for _, ours, value in copies:
             ours.copy_(value)
         return self
