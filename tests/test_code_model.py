@@ -94,7 +94,6 @@ def test_bigram_matches_counts():
 
 
 # ---------------------------------------------------------------- the recipe, end to end
-@pytest.mark.slow
 def test_chapter7_model_trains_caches_and_reloads(tmp_path, capsys):
     model, tok, info = chapter7_model(TINY_RECIPE, root=tmp_path, verbose=False)
     assert not info["from_cache"] and len(info["history"].loss) == 6
