@@ -167,6 +167,9 @@ def sample_next_token(logits: Tensor, temperature: float = 1.0, top_k: int | Non
         _check_top_p(top_p)
         return logits.argmax(dim=-1, keepdim=True)
     probs = next_token_probs(logits, temperature, top_k, top_p)
+    if generator is not None and generator.device != probs.device:
+        # a CPU generator with a GPU model: draw on the CPU (same tokens on every device)
+        return torch.multinomial(probs.cpu(), num_samples=1, generator=generator).to(probs.device)
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
