@@ -115,6 +115,16 @@ def test_interrupted_save_leaves_no_entry(tmp_path, monkeypatch):
     assert builder.calls == 1 and not info["from_cache"]
 
 
+def test_unwritable_cache_still_returns_the_model(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache directory should be")
+    builder = Builder()
+    model, info = _get(blocker / "cache", builder)
+    assert builder.calls == 1 and info["cache_path"] is None and isinstance(model, GPT)
+    assert "could not save" in capsys.readouterr().out
+    assert "not cached" in model_cache.describe(info)
+
+
 def test_rebuild_flag_and_clear(tmp_path):
     builder = Builder()
     _get(tmp_path, builder)

@@ -124,7 +124,8 @@ def cached_model(
         name: the entry's file-name prefix; root: the cache directory (default :func:`cache_root`).
         rebuild: ignore any existing entry.
 
-    Returns ``(model, info)``, the model in eval mode; ``info`` also holds ``cache_path``,
+    Returns ``(model, info)``, the model in eval mode; ``info`` also holds ``cache_path``
+    (``None`` if the directory could not be written: the model is then returned uncached),
     ``from_cache`` and (when built) ``build_seconds``.
     """
     if not callable(build_fn) or not callable(make_model):
@@ -139,12 +140,16 @@ def cached_model(
     if not isinstance(model, nn.Module) or not isinstance(info, dict):
         raise TypeError(f"build_fn must return (nn.Module, dict), got ({type(model).__name__}, {type(info).__name__})")
     info = dict(info, build_seconds=time.perf_counter() - start)
-    path.parent.mkdir(parents=True, exist_ok=True)
     config = getattr(model, "config", None)
     if config is None:
         raise TypeError(f"the built model ({type(model).__name__}) has no .config to rebuild it from")
-    save_checkpoint(path, model, config, recipe=json.loads(_canonical(recipe, seed))["recipe"], seed=seed,
-                    key=recipe_key(recipe, seed), info=info)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(path, model, config, recipe=json.loads(_canonical(recipe, seed))["recipe"], seed=seed,
+                        key=recipe_key(recipe, seed), info=info)
+    except OSError as exc:  # a read-only or full disk: the model is still good, only not cached
+        _say(verbose, f"could not save to {path.parent} ({type(exc).__name__}: {exc}); the model is not cached")
+        return model.eval(), dict(info, cache_path=None, from_cache=False)
     _say(verbose, f"saved {path.name} to {path.parent}")
     return model.eval(), dict(info, cache_path=str(path), from_cache=False)
 
@@ -161,7 +166,8 @@ def clear_entry(name: str, recipe: Mapping, seed: int, root: str | os.PathLike |
 
 def describe(info: Mapping[str, Any]) -> str:
     """One line about where a model came from, for a notebook to print."""
-    where = Path(str(info.get("cache_path", "?")))
+    where = info.get("cache_path")
     if info.get("from_cache"):
         return f"loaded from the cache: {where}"
-    return f"trained in {info.get('build_seconds', float('nan')):.0f} s and saved to the cache: {where}"
+    trained = f"trained in {info.get('build_seconds', float('nan')):.0f} s"
+    return f"{trained} and saved to the cache: {where}" if where else f"{trained} (not cached: the cache is not writable)"
