@@ -133,3 +133,25 @@ def test_bad_inputs():
                           batch_first=True)
     with pytest.raises(ValueError, match="needs norm='layernorm' and final_norm=True"):
         Transformer(_cfg()).load_torch_transformer(ref4)
+
+
+def test_committed_checkpoint_loads_and_translates():
+    """The chapter's checkpoint (book/data) fits the chapter's config and translates numbers it may never have seen."""
+    from pathlib import Path
+
+    from transformer_book.data.numbers_fr import english_vocab_big, english_words_big, french_vocab, french_words
+    from transformer_book.decoding import translate_batch
+    from transformer_book.train import load_checkpoint
+
+    path = Path(__file__).resolve().parents[1] / "book" / "data" / "ch06_transformer.pt"
+    if not path.exists():
+        pytest.skip("no chapter 6 checkpoint in book/data")
+    src_vocab, tgt_vocab = english_vocab_big(), french_vocab()
+    cfg = TransformerConfig(src_vocab_size=len(src_vocab), tgt_vocab_size=len(tgt_vocab), d_model=64, n_heads=4,
+                            n_encoder_layers=2, n_decoder_layers=2, d_ff=256, dropout=0.0, norm_first=True, max_len=24)
+    model = Transformer(cfg)
+    load_checkpoint(path, model, cfg)
+    numbers = [7, 80, 97, 201, 71_080, 200_000_000, 999_999_999, 123_456_789, 80_080_080]
+    src = src_vocab.encode_batch([english_words_big(n) for n in numbers])
+    predictions = [tgt_vocab.decode(p) for p in translate_batch(model.eval(), src, max_len=22)]
+    assert sum(p == french_words(n) for p, n in zip(predictions, numbers)) >= len(numbers) - 1
