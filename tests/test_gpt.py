@@ -201,8 +201,10 @@ def test_forward_bad_input(model):
         model(torch.zeros(1, 25, dtype=torch.long))
     with pytest.raises(TypeError, match="integer token ids, got dtype torch.float32"):
         model(torch.zeros(1, 3))
-    with pytest.raises(ValueError, match=r"shape \(B, T\) with T >= 1, got shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"shape \(B, T\) with B >= 1 and T >= 1, got shape \(4,\)"):
         model(torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"got shape \(0, 3\)"):
+        model(torch.zeros(0, 3, dtype=torch.long))
     with pytest.raises(ValueError, match=r"targets must have the shape of idx \(B=1, T=3\), got \(1, 2\)"):
         model(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long))
 

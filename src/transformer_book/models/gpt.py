@@ -194,8 +194,8 @@ class GPT(nn.Module):
             raise TypeError(f"idx must be a torch.Tensor of token ids (B, T), got {type(idx).__name__}")
         if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
             raise TypeError(f"idx must hold integer token ids, got dtype {idx.dtype}")
-        if idx.dim() != 2 or idx.shape[1] < 1:
-            raise ValueError(f"idx must have shape (B, T) with T >= 1, got shape {tuple(idx.shape)}")
+        if idx.dim() != 2 or idx.shape[0] < 1 or idx.shape[1] < 1:
+            raise ValueError(f"idx must have shape (B, T) with B >= 1 and T >= 1, got shape {tuple(idx.shape)}")
         if int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size:
             raise ValueError(f"idx holds ids in [{int(idx.min())}, {int(idx.max())}], outside the vocabulary "
                              f"[0, vocab_size={self.config.vocab_size})")
