@@ -9,10 +9,12 @@ import torch
 
 from transformer_book.decoding import (
     beam_search,
+    exact_match_by,
     greedy_decode,
     length_normalized_score,
     sequence_log_prob,
     strip_ids,
+    translate_batch,
 )
 from transformer_book.models import Transformer, TransformerConfig
 
@@ -97,3 +99,17 @@ def test_bad_inputs():
         greedy_decode(model, torch.tensor([[3, 9]]))
     with pytest.raises(ValueError, match=r"src must be one source of shape \(1, S\)"):
         sequence_log_prob(model, torch.tensor([[3], [4]]), [2])
+
+
+def test_translate_batch_and_exact_match():
+    model = _model()
+    src = torch.tensor([[3, 4, 5, 6], [4, 4, 3, 0], [6, 5, 0, 0]])
+    greedy = translate_batch(model, src, max_len=6, batch_size=2)
+    assert greedy == [strip_ids(r, 2, 0) for r in greedy_decode(model, src, max_len=6)]
+    assert translate_batch(model, src, beam_size=1, max_len=6) == greedy
+    acc, by = exact_match_by([[1, 2], [3], [4]], [[1, 2], [3, 3], [4]], [2, 1, 1])
+    assert acc == pytest.approx(2 / 3) and by == {1: (1, 2), 2: (1, 1)}
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+        translate_batch(model, src, batch_size=0)
+    with pytest.raises(ValueError, match="must be non-empty and of one length, got 2, 1, 2"):
+        exact_match_by([[1], [2]], [[1]], [0, 0])

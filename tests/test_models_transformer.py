@@ -123,6 +123,9 @@ def test_bad_inputs():
         model(torch.tensor([[3, 4]]), torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="tgt_in has length 17 but the model's max_len is 16"):
         model(torch.tensor([[3, 4]]), torch.ones(1, 17, dtype=torch.long))
+    memory, mask = model.encode(torch.tensor([[3, 4]]))
+    with pytest.raises(ValueError, match=r"memory must be \(B=2, S, C\), got \(1, 2, 16\)"):
+        model.decode(torch.ones(2, 3, dtype=torch.long), memory, mask)
     with pytest.raises(ValueError, match=r"same batch size B"):
         model(torch.tensor([[3, 4]]), torch.ones(2, 3, dtype=torch.long))
     ref = nn.Transformer(d_model=16, nhead=2, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=32,

@@ -222,3 +222,20 @@ def test_train_loop_stops_on_nan():
         train_loop(model, lambda step: None, lambda m, b: torch.tensor(float("nan")), opt, steps=3, progress=False)
     with pytest.raises(ValueError, match="steps must be an int >= 1, got 0"):
         train_loop(model, [1], lambda m, b: m.weight.sum(), opt, steps=0)
+
+
+def test_history_and_plot_bad_inputs(tmp_path):
+    h = History(name="x", steps=[0, 1, 2], loss=[3.0, 1.0, 2.0])
+    assert h.smoothed(2) == [3.0, 2.0, 1.5]
+    with pytest.raises(ValueError, match="window must be an int >= 1, got 0"):
+        h.smoothed(0)
+    with pytest.raises(TypeError, match="histories must be a non-empty list of History objects"):
+        plot_histories([])
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer or None, got str"):
+        save_checkpoint(tmp_path / "x.pt", _model(), {}, optimizer="adam")
+    save_checkpoint(tmp_path / "x.pt", _model(), {})
+    model = _model()
+    with pytest.raises(CheckpointError, match="has no optimizer state to load"):
+        load_checkpoint(tmp_path / "x.pt", model, {}, torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="total must be an int >= 1, got 0"):
+        warmup_cosine(0, 0, 0)
