@@ -7,7 +7,7 @@ Run from the repository root (about 10 minutes on 2 otherwise idle CPU cores):
 It writes ``book/data/ch06_transformer.pt`` and ``book/data/ch06_rnn.pt`` with
 ``transformer_book.train.save_checkpoint`` (config, weights in float16 to keep the files small,
 the training history with validation exact match every 100 steps, and this
-recipe's settings). Both models see the same batches, 2000 steps of 128 pairs, warm-up + cosine.. Chapter 6 loads them with ``load_checkpoint``,
+recipe's settings). Both models see the same batches, 2000 steps of 128 pairs, warm-up + cosine. Chapter 6 loads them with ``load_checkpoint``,
 which refuses a checkpoint whose config differs from the one the notebook builds.
 """
 
