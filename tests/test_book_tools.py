@@ -121,6 +121,15 @@ def test_every_chapter_notebook_is_clean():
     assert found == []
 
 
+def test_teaching_guide_lists_every_exercise():
+    from transformer_book import classroom
+
+    guide = (ROOT / "book" / "teaching.md").read_text()
+    labels = [e.label for p in CHAPTERS for e in classroom.parse_exercises(classroom._load(p), str(p))]
+    assert len(labels) >= 3 * len(CHAPTERS)
+    assert [label for label in labels if f"(`{label}`)" not in guide] == [], "add them to book/teaching.md"
+
+
 def test_toc_lists_only_pages_that_exist():
     import yaml
 
