@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -30,34 +31,38 @@ def _setup_cell_sources() -> list[tuple[str, str]]:
     return found or [("(template)", notebooks_tool.setup_source())]
 
 
-def _run_setup_cell(source: str, monkeypatch, in_colab: bool) -> list:
-    """Execute a set-up cell with subprocess.run recorded instead of run."""
-    calls = []
+def _run_setup_cell(source: str, monkeypatch, in_colab: bool) -> tuple[list, list]:
+    """Execute a set-up cell with subprocess.run and os.chdir recorded instead of run."""
+    calls, chdirs = [], []
     fake_subprocess = types.ModuleType("subprocess")
     fake_subprocess.run = lambda *args, **kwargs: calls.append((args, kwargs))
     monkeypatch.setitem(sys.modules, "subprocess", fake_subprocess)
+    monkeypatch.setattr(os, "chdir", chdirs.append)
     if in_colab:
         monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
     else:
         monkeypatch.delitem(sys.modules, "google.colab", raising=False)
     exec(compile(source, "<setup cell>", "exec"), {})
-    return calls
+    return calls, chdirs
 
 
 @pytest.mark.parametrize("name,source", _setup_cell_sources())
 def test_setup_cell_installs_the_package_inside_colab(name, source, monkeypatch):
-    calls = _run_setup_cell(source, monkeypatch, in_colab=True)
-    assert len(calls) == 1, f"{name}: expected one pip call in Colab, got {calls}"
-    (argv,), kwargs = calls[0]
+    calls, chdirs = _run_setup_cell(source, monkeypatch, in_colab=True)
+    assert len(calls) == 2, f"{name}: expected a git clone and a pip install in Colab, got {calls}"
     url, branch = notebooks_tool.repository()
-    assert argv[:4] == [sys.executable, "-m", "pip", "install"]
-    assert argv[-1] == f"transformer-book[reference] @ git+{url}@{branch}"
+    book = "/content/transformers-piece-by-piece"
+    (clone,), kwargs = calls[0]
+    assert clone[:2] == ["git", "clone"] and clone[-2:] == [url, book] and clone[clone.index("--branch") + 1] == branch
+    (pip,), kwargs = calls[1]
+    assert pip == [sys.executable, "-m", "pip", "install", "--quiet", f"{book}[reference]"]
     assert kwargs == {"check": True}
+    assert chdirs == [f"{book}/chapters"], "the chapter must run from chapters/ so that ../book/data resolves"
 
 
 @pytest.mark.parametrize("name,source", _setup_cell_sources())
 def test_setup_cell_is_a_no_op_outside_colab(name, source, monkeypatch):
-    assert _run_setup_cell(source, monkeypatch, in_colab=False) == []
+    assert _run_setup_cell(source, monkeypatch, in_colab=False) == ([], [])
 
 
 def _minimal_notebook(path: Path) -> dict:

@@ -51,18 +51,21 @@ def badge_line(notebook: Path) -> str:
 def setup_source() -> str:
     url, branch = repository()
     return (
-        "# Set-up: inside Colab, install the book's package; anywhere else this cell does nothing\n"
-        "# (locally, `bash tools/build.sh` or `bash tools/test.sh` made the environment already).\n"
+        "# Set-up: inside Colab, fetch the book and install its package; anywhere else this cell does\n"
+        "# nothing (locally, `bash tools/build.sh` or `bash tools/test.sh` made the environment already).\n"
         "import sys\n"
         "\n"
         'if "google.colab" in sys.modules:\n'
+        "    import os\n"
         "    import subprocess\n"
         "\n"
-        "    subprocess.run(\n"
-        f'        [sys.executable, "-m", "pip", "install", "--quiet",\n'
-        f'         "transformer-book[reference] @ git+{url}@{branch}"],\n'
-        "        check=True,\n"
-        "    )"
+        '    book = "/content/transformers-piece-by-piece"\n'
+        "    if not os.path.isdir(book):\n"
+        f'        subprocess.run(["git", "clone", "--quiet", "--depth", "1", "--branch", "{branch}",\n'
+        f'                        "{url}", book], check=True)\n'
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", f"{book}[reference]"], check=True)\n'
+        "    # Work from chapters/ as in a clone: chapters load recorded data from ../book/data.\n"
+        '    os.chdir(f"{book}/chapters")'
     )
 
 
