@@ -470,8 +470,11 @@ def execute_notebook(nb: dict, *, cwd: Path, timeout: int = 600, allow_errors: b
     from nbclient import NotebookClient
 
     node = _to_node(nb)
+    # iopub_timeout: how long to wait for a cell's last outputs after the kernel has replied;
+    # nbclient's 4 s default can drop a check's verdict on a busy 2-core machine.
     client = NotebookClient(node, timeout=timeout, kernel_name=kernel_name,
                             allow_errors=allow_errors, interrupt_on_timeout=True,
+                            iopub_timeout=60, raise_on_iopub_timeout=True,
                             resources={"metadata": {"path": str(cwd)}})
     client.execute()
     return json.loads(json.dumps(node))
