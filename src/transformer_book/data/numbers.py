@@ -259,6 +259,14 @@ def sample_numbers(n: int, max_value: int = MAX_VALUE, seed: int = 0) -> list[in
     _check_int("max_value", max_value, 0, MAX_VALUE)
     _check_int("n", n, 0, max_value + 1)
     _check_int("seed", seed, 0)
+    return sample_by_digit_count(n, max_value, seed)
+
+
+def sample_by_digit_count(n: int, max_value: int, seed: int) -> list[int]:
+    """The sampler behind :func:`sample_numbers` for any ``max_value`` (arguments not checked here).
+
+    Chapter 6's numbers up to a billion (:mod:`transformer_book.data.numbers_fr`) use it too.
+    """
     rng = random.Random(seed)
     strata = _strata(max_value)
     sizes = [high - low + 1 for low, high in strata]

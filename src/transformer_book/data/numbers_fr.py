@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 from num2words import num2words
 
-from transformer_book.data.numbers import ENGLISH_WORDS, NumberSplits, Vocab
+from transformer_book.data.numbers import ENGLISH_WORDS, NumberSplits, Vocab, sample_by_digit_count
 
 __all__ = [
     "MAX_VALUE",
@@ -134,31 +134,7 @@ def sample_numbers_big(n: int, max_value: int = MAX_VALUE, seed: int = 0) -> lis
         raise ValueError(f"n must be an int in [0, max_value + 1 = {max_value + 1}], got {n!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    strata, low = [], 0
-    while low <= max_value:
-        high = min(9 if low == 0 else low * 10 - 1, max_value)
-        strata.append((low, high))
-        low = high + 1
-    quota = [0] * len(strata)
-    left = n
-    open_ = sorted(range(len(strata)), key=lambda s: strata[s][1] - strata[s][0])
-    while open_:
-        share, s = left // len(open_), open_[0]
-        size = strata[s][1] - strata[s][0] + 1
-        if size <= share:  # a small stratum gives everything it has
-            quota[s], left = size, left - size
-            open_.pop(0)
-            continue
-        extra = left - share * len(open_)
-        for k, s in enumerate(open_):
-            quota[s] = share + (1 if k < extra else 0)
-        break
-    rng = random.Random(seed)
-    numbers = []
-    for (low, high), q in zip(strata, quota):
-        numbers.extend(rng.sample(range(low, high + 1), q))
-    rng.shuffle(numbers)
-    return numbers
+    return sample_by_digit_count(n, max_value, seed)
 
 
 def french_pairs(numbers: Sequence[int]) -> list[tuple[list[str], list[str]]]:
