@@ -358,18 +358,30 @@ def number_splits(
             f"(the numbers are distinct), got {n_train} + {n_valid} + {n_test} = {total}"
         )
     numbers = sample_numbers(total, max_value=max_value, seed=seed)
-    lexicon = [x for x in numbers if x < train_below]
-    if len(lexicon) > n_train:
+    n_lexicon = sum(x < train_below for x in numbers)
+    if n_lexicon > n_train:
         raise ValueError(
             f"n_train must be at least the number of drawn numbers below train_below={train_below} "
-            f"({len(lexicon)}), got {n_train}; raise n_train or lower train_below"
+            f"({n_lexicon}), got {n_train}; raise n_train or lower train_below"
         )
+    train, valid, test = split_numbers(numbers, n_train, n_valid, train_below, seed)
+    return NumberSplits(_pairs(train), _pairs(valid), _pairs(test), train, valid, test)
+
+
+def split_numbers(numbers: Sequence[int], n_train: int, n_valid: int, train_below: int, seed: int
+                  ) -> tuple[list[int], list[int], list[int]]:
+    """Cut drawn ``numbers`` into (train, valid, test), every number below ``train_below`` in train.
+
+    The split rule behind :func:`number_splits` (and chapter 6's French splits); the caller has
+    checked that the numbers below ``train_below`` fit into ``n_train``. Train is shuffled by
+    ``seed``; valid and test keep the drawing order.
+    """
+    lexicon = [x for x in numbers if x < train_below]
     rest = [x for x in numbers if x >= train_below]
     k = n_train - len(lexicon)
     train = lexicon + rest[:k]
     random.Random(seed).shuffle(train)
-    valid, test = rest[k:k + n_valid], rest[k + n_valid:]
-    return NumberSplits(_pairs(train), _pairs(valid), _pairs(test), train, valid, test)
+    return train, rest[k:k + n_valid], rest[k + n_valid:]
 
 
 # --------------------------------------------------------------------------- vocabularies

@@ -24,12 +24,12 @@ training. The numbers below 100 always go to training: they are the task's lexic
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
 from num2words import num2words
 
-from transformer_book.data.numbers import ENGLISH_WORDS, NumberSplits, Vocab, sample_by_digit_count
+from transformer_book.data.numbers import (ENGLISH_WORDS, NumberSplits, Vocab, sample_by_digit_count,
+                                          split_numbers)
 
 __all__ = [
     "MAX_VALUE",
@@ -156,15 +156,11 @@ def french_splits(n_train: int, n_valid: int, n_test: int, max_value: int = MAX_
     if total > max_value + 1:
         raise ValueError(f"n_train + n_valid + n_test = {total} must be <= max_value + 1 = {max_value + 1}")
     numbers = sample_numbers_big(total, max_value, seed)
-    lexicon = [x for x in numbers if x < train_below]
-    if len(lexicon) > n_train:
+    n_lexicon = sum(x < train_below for x in numbers)
+    if n_lexicon > n_train:
         raise ValueError(f"n_train={n_train} must be at least the number of drawn numbers below "
-                         f"train_below={train_below} ({len(lexicon)})")
-    rest = [x for x in numbers if x >= train_below]
-    k = n_train - len(lexicon)
-    train = lexicon + rest[:k]
-    random.Random(seed).shuffle(train)
-    valid, test = rest[k:k + n_valid], rest[k + n_valid:]
+                         f"train_below={train_below} ({n_lexicon})")
+    train, valid, test = split_numbers(numbers, n_train, n_valid, train_below, seed)
     return NumberSplits(french_pairs(train), french_pairs(valid), french_pairs(test), train, valid, test)
 
 
