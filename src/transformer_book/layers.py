@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from transformer_book.attention import MultiHeadAttention
+from transformer_book.attention import MultiHeadAttention, _positive_int
 
 __all__ = [
     "ACTIVATIONS",
@@ -47,12 +47,6 @@ NORMS = ("layernorm", "rmsnorm")
 
 
 # --------------------------------------------------------------------------- checks
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
 
 def _positive_float(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transformer_book.attention import MultiHeadAttention
-from transformer_book.layers import FeedForward, LayerNorm
+from transformer_book.layers import FeedForward, LayerNorm, _dropout, _positive_int
 from transformer_book.positional import LearnedPositionalEmbedding
 
 __all__ = ["GPTConfig", "GPT", "GPTOutput", "Block", "KVCache"]
@@ -58,14 +58,11 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
+            _positive_int(f"GPTConfig.{name}", getattr(self, name))
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head} "
                              f"(each head gets n_embd / n_head channels)")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ValueError(f"GPTConfig.dropout must be a number in [0, 1), got {self.dropout!r}")
+        _dropout("GPTConfig.dropout", self.dropout)
         if not isinstance(self.bias, bool):
             raise TypeError(f"GPTConfig.bias must be a bool, got {type(self.bias).__name__} {self.bias!r}")
         eps = self.layer_norm_epsilon

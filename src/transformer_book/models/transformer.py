@@ -29,7 +29,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from transformer_book.layers import ACTIVATIONS, NORMS, DecoderLayer, EncoderLayer, make_norm
+from transformer_book.layers import (ACTIVATIONS, NORMS, DecoderLayer, EncoderLayer, _dropout, _positive_int,
+                                     make_norm)
 from transformer_book.masks import causal_mask, combine_masks, padding_mask
 from transformer_book.positional import LearnedPositionalEmbedding, sinusoidal_encoding
 
@@ -70,16 +71,12 @@ class TransformerConfig:
     def __post_init__(self) -> None:
         for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "n_encoder_layers",
                      "n_decoder_layers", "d_ff", "max_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            _positive_int(name, getattr(self, name))
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if self.positions == "sinusoidal" and self.d_model % 2:
             raise ValueError(f"sinusoidal positions need an even d_model, got {self.d_model}")
-        d = self.dropout
-        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:
-            raise ValueError(f"dropout must be a number in [0, 1), got {d!r}")
+        _dropout("dropout", self.dropout)
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.norm not in NORMS:
