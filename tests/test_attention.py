@@ -253,7 +253,7 @@ def test_mha_precomputed_kv_hook():
     torch.testing.assert_close(attn(x, kv=cached)[0], attn(x, mem)[0], **TOL)
     with pytest.raises(ValueError, match="either x_kv.*or kv"):
         attn(x, mem, kv=(k, v))
-    expected = r"kv\[0\] must have shape \(B=2, n_kv_heads=2, T_k, D=4\), got shape \(2, 4, 5, 4\)"
+    expected = r"kv\[0\] must have shape \(B, n_kv_heads, T_k, D\) = \(2, 2, 5, 4\), got shape \(2, 4, 5, 4\)"
     with pytest.raises(ValueError, match=expected):
         attn(x, kv=(k.repeat(1, 2, 1, 1), v))
 
@@ -347,3 +347,31 @@ def test_from_torch_rejects_what_does_not_map():
         MultiHeadAttention(16, 4).load_torch_weights(torch.nn.MultiheadAttention(16, 2))
     with pytest.raises(TypeError, match="got Linear"):
         MultiHeadAttention.from_torch(torch.nn.Linear(2, 2))
+
+
+# ---------------------------------------------------------------- NaN is reported, not hidden
+@pytest.mark.parametrize("where", ["scores", "bias"])
+def test_nan_with_a_mask_is_not_taken_for_a_masked_row(where):
+    q, k, v = (torch.randn(1, 1, 3, 4) for _ in range(3))
+    mask = causal_mask(3)
+    bias = torch.zeros(3, 3)
+    if where == "scores":
+        q[0, 0, 1, 0] = float("nan")
+    else:
+        bias[1, 0] = float("nan")
+    out, w = scaled_dot_product_attention(q, k, v, mask, bias=bias)
+    assert torch.isnan(out[0, 0, 1]).all() and torch.isnan(w[0, 0, 1, :2]).all()
+    assert torch.isfinite(out[0, 0, 0]).all() and torch.isfinite(out[0, 0, 2]).all()
+    # a row that the mask really empties is still all zero
+    empty = mask.clone()
+    empty[2] = False
+    out, w = scaled_dot_product_attention(torch.randn(1, 1, 3, 4), k, v, empty)
+    assert torch.equal(out[0, 0, 2], torch.zeros(4)) and torch.equal(w[0, 0, 2], torch.zeros(3))
+
+
+def test_mixed_dtypes_name_both():
+    mha = MultiHeadAttention(8, 2)
+    with pytest.raises(TypeError, match=r"x_q torch.float64.*weights torch.float32"):
+        mha(torch.randn(1, 3, 8, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"n_heads must be a positive int, got float 4.0"):
+        MultiHeadAttention(16, 4.0)

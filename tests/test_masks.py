@@ -183,11 +183,11 @@ def test_fully_masked_query_row_is_zero_and_gradients_are_finite():
 
 # ---------------------------------------------------------------- bad input
 def test_bad_lengths():
-    with pytest.raises(ValueError, match="n must be >= 1.*got 0"):
+    with pytest.raises(ValueError, match="n must be a positive int, got 0"):
         causal_mask(0)
-    with pytest.raises(TypeError, match="n must be an int.*2.5"):
+    with pytest.raises(TypeError, match="n must be a positive int.*2.5"):
         causal_mask(2.5)
-    with pytest.raises(ValueError, match=r"prefix_len must lie in \[0, n=4\], got 5"):
+    with pytest.raises(ValueError, match=r"prefix_len must be an int in \[0, 4\], got 5"):
         prefix_lm_mask(4, 5)
     with pytest.raises(ValueError, match=r"prefix_len must lie in \[0, n=4\].*-1"):
         prefix_lm_mask(4, torch.tensor([1, -1]))

@@ -31,9 +31,9 @@ ID_DTYPES = (torch.int64, torch.int32)
 
 
 def describe(value: object) -> str:
-    """How a received value is shown in a message: ``tensor of shape (2, 3) float32`` or ``int 4``."""
+    """How a received value is shown in a message: ``tensor of shape (2, 3), dtype torch.float32`` or ``int 4``."""
     if isinstance(value, Tensor):
-        return f"tensor of shape {tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+        return f"tensor of shape {tuple(value.shape)}, dtype {value.dtype}"
     text = repr(value)
     if len(text) > 60:
         text = text[:57] + "..."
@@ -50,11 +50,11 @@ def _is_number(value: object) -> bool:
 
 def _range_text(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
     if low is not None and high is not None:
-        return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
     if low is not None:
-        return f"{'>' if low_open else '>='} {low}"
+        return f"{'>' if low_open else '>='} {low:g}"
     if high is not None:
-        return f"{'<' if high_open else '<='} {high}"
+        return f"{'<' if high_open else '<='} {high:g}"
     return "finite"
 
 
@@ -66,21 +66,24 @@ def integer(name: str, value: object, low: int | None = None, high: int | None =
     if not _is_int(value):
         raise TypeError(f"{name} must be {expected}, got {describe(value)}")
     if (low is not None and value < low) or (high is not None and value > high):
-        raise ValueError(f"{name} must be {expected}, got {name}={value}")
+        raise ValueError(f"{name} must be {expected}, got {value}")
     return int(value)
 
 
 def positive_int(name: str, value: object) -> int:
     """An ``int >= 1``."""
-    return integer(name, value, low=1)
+    if not _is_int(value):
+        raise TypeError(f"{name} must be a positive int, got {describe(value)}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return int(value)
 
 
 def number(name: str, value: object, low: float | None = None, high: float | None = None, *,
            low_open: bool = False, high_open: bool = False) -> float:
     """A finite real number (``int`` or ``float``, not ``bool``) in the given range; returns ``float``."""
-    expected = "a finite number"
-    if low is not None or high is not None:
-        expected += " " + _range_text(low, high, low_open, high_open)
+    expected = ("a number " + _range_text(low, high, low_open, high_open)) if low is not None or high is not None \
+        else "a finite number"
     if not _is_number(value):
         raise TypeError(f"{name} must be {expected}, got {describe(value)}")
     v = float(value)
@@ -88,7 +91,7 @@ def number(name: str, value: object, low: float | None = None, high: float | Non
     bad = bad or (low is not None and (v <= low if low_open else v < low))
     bad = bad or (high is not None and (v >= high if high_open else v > high))
     if bad:
-        raise ValueError(f"{name} must be {expected}, got {name}={value!r}")
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
     return v
 
 
@@ -116,7 +119,7 @@ def one_of(name: str, value: object, choices: Sequence[Any]) -> Any:
     except Exception:  # an object whose == raises is not one of the choices
         ok = False
     if not ok:
-        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {describe(value)}")
+        raise ValueError(f"{name} must be {' or '.join(repr(c) for c in choices)}, got {value!r}")
     return value
 
 
@@ -208,8 +211,8 @@ def same_dtype(**tensors: Tensor) -> torch.dtype:
     """All the named tensors share one dtype (``TypeError`` naming each one's dtype)."""
     dtypes = {n: t.dtype for n, t in tensors.items()}
     if len(set(dtypes.values())) > 1:
-        got = ", ".join(f"{n} {str(d).removeprefix('torch.')}" for n, d in dtypes.items())
-        raise TypeError(f"{', '.join(dtypes)} must share one dtype, got {got}")
+        got = ", ".join(f"{n} {d}" for n, d in dtypes.items())
+        raise TypeError(f"{', '.join(dtypes)} must share a dtype, got {got}")
     return next(iter(dtypes.values()))
 
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from transformer_book import _checks
 from transformer_book.masks import check_mask
 
 __all__ = [
@@ -38,16 +39,6 @@ __all__ = [
     "attention_flops",
     "attention_flops_breakdown",
 ]
-
-
-def _check_tensor(name: str, x: object, min_dim: int = 2) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.dim() < min_dim:
-        raise ValueError(f"{name} must have at least {min_dim} dimensions (..., T, D), got shape {tuple(x.shape)}")
-    return x
 
 
 def scaled_dot_product_attention(
@@ -69,14 +60,47 @@ def scaled_dot_product_attention(
     * ``bias``: float, added to the scaled scores, broadcastable to ``(B, H, T_q, T_k)``
       (``-inf`` entries block, as in an additive mask);
     * returns ``output`` ``(B, H, T_q, D_v)`` and ``weights`` ``(B, H, T_q, T_k)`` (each row sums
-      to 1, or is all zero when the row has nothing to attend to).
+      to 1, or is all zero when the mask and bias leave the row nothing to attend to).
 
     ``scale`` defaults to ``1 / sqrt(D)``. ``dropout_p`` drops attention weights (during
-    training); the returned ``weights`` are the probabilities *before* dropout.
+    training); the returned ``weights`` are the probabilities *before* dropout. A NaN in the
+    inputs gives NaN in the rows it reaches (it is reported, never mistaken for a masked row).
     """
-    q, k, v = _check_tensor("q", q), _check_tensor("k", k), _check_tensor("v", v)
-    if not q.dtype == k.dtype == v.dtype:
-        raise TypeError(f"q, k, v must share a dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    _check_qkv(q, k, v)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else _checks.number("scale", scale)
+    dropout_p = _checks.dropout("dropout_p", dropout_p)
+    scores_shape = (*q.shape[:-1], k.shape[-2])
+    bias = None if bias is None else _check_bias(bias, scores_shape)
+    mask = None if mask is None else check_mask(mask, scores_shape, name="mask")
+    return _attention(q, k, v, mask, bias, scale, dropout_p)
+
+
+def _attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, bias: Tensor | None,
+               scale: float, dropout_p: float) -> tuple[Tensor, Tensor]:
+    """The math of :func:`scaled_dot_product_attention`, on checked inputs."""
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T_q, T_k)
+    if bias is not None:
+        scores = scores + bias.to(scores.dtype)
+    if mask is None and bias is None:
+        weights = torch.softmax(scores, dim=-1)
+    else:
+        # Which keys each query may read comes from the mask and the bias, never from the
+        # scores: a NaN score must stay visible, not pass for a blocked key.
+        allowed = torch.ones_like(scores, dtype=torch.bool)
+        allowed = allowed & mask if mask is not None else allowed
+        allowed = allowed & (bias != float("-inf")) if bias is not None else allowed
+        # A row with nothing to attend to would be softmax(all -inf) = 0/0 = NaN: give it
+        # finite scores, then zero its weights (finite gradients, as F.sdpa does).
+        empty = ~allowed.any(dim=-1, keepdim=True)
+        scores = scores.masked_fill(~allowed, float("-inf")).masked_fill(empty, 0.0)
+        weights = torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
+    dropped = F.dropout(weights, p=dropout_p, training=True) if dropout_p > 0 else weights
+    return dropped @ v, weights  # (B, H, T_q, D_v), (B, H, T_q, T_k)
+
+
+def _check_qkv(q: object, k: object, v: object) -> None:
+    q, k, v = (_checks.float_tensor(n, t, min_dim=2, layout="(..., T, D)") for n, t in zip("qkv", (q, k, v)))
+    _checks.same_dtype(q=q, k=k, v=v)
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q and k must have the same head size D (last dimension): got q "
                          f"{tuple(q.shape)} and k {tuple(k.shape)}")
@@ -87,41 +111,20 @@ def scaled_dot_product_attention(
         raise ValueError(f"q, k, v must have the same leading (batch, head) dimensions: got q "
                          f"{tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} "
                          "(for grouped-query attention, expand k and v with repeat_kv first)")
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite number, got {scale!r}")
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
 
-    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T_q, T_k)
-    if bias is not None:
-        if not isinstance(bias, Tensor) or not bias.is_floating_point():
-            kind = bias.dtype if isinstance(bias, Tensor) else type(bias).__name__
-            raise TypeError(f"bias must be a floating-point tensor (an additive mask), got {kind}; "
-                            "a boolean mask (True = may attend) goes into `mask=`")
-        try:
-            ok = tuple(torch.broadcast_shapes(bias.shape, scores.shape)) == tuple(scores.shape)
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise ValueError(f"bias of shape {tuple(bias.shape)} cannot be broadcast to the attention "
-                             f"scores' shape {tuple(scores.shape)} (..., T_q, T_k)")
-        scores = scores + bias.to(scores.dtype)
-    if mask is not None:
-        mask = check_mask(mask, scores.shape, name="mask")
-        scores = scores.masked_fill(~mask, float("-inf"))
-    if mask is not None or bias is not None:
-        # A row with nothing to attend to is all -inf, and softmax would give 0/0 = NaN.
-        # Give it finite scores (any value works), then zero its weights after the softmax.
-        allowed = scores > float("-inf")
-        empty = ~allowed.any(dim=-1, keepdim=True)
-        scores = scores.masked_fill(empty, 0.0)
-        weights = torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
-    else:
-        weights = torch.softmax(scores, dim=-1)
-    dropped = F.dropout(weights, p=dropout_p, training=True) if dropout_p > 0 else weights
-    return dropped @ v, weights
+
+def _check_bias(bias: object, scores_shape: tuple[int, ...]) -> Tensor:
+    if not isinstance(bias, Tensor) or not bias.is_floating_point():
+        raise TypeError(f"bias must be a floating-point tensor (an additive mask), got {_checks.describe(bias)}; "
+                        "a boolean mask (True = may attend) goes into `mask=`")
+    try:
+        ok = bias.dim() <= len(scores_shape) and tuple(torch.broadcast_shapes(bias.shape, scores_shape)) == scores_shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"bias of shape {tuple(bias.shape)} cannot be broadcast to the attention "
+                         f"scores' shape {scores_shape} (..., T_q, T_k)")
+    return bias
 
 
 def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
@@ -130,11 +133,11 @@ def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
     Query head ``h`` of grouped-query attention reads key/value head ``h // n_rep``, so the
     copies of one head sit next to each other (``repeat_interleave``, not ``repeat``).
     """
-    _check_tensor("x", x, min_dim=4)
-    if x.dim() != 4:
-        raise ValueError(f"x must have shape (B, H_kv, T, D), got shape {tuple(x.shape)}")
-    if isinstance(n_rep, bool) or not isinstance(n_rep, int) or n_rep < 1:
-        raise ValueError(f"n_rep must be a positive int, got {n_rep!r}")
+    _checks.tensor("x", x, 4, layout="(B, H_kv, T, D)")
+    return _repeat_kv(x, _checks.positive_int("n_rep", n_rep))
+
+
+def _repeat_kv(x: Tensor, n_rep: int) -> Tensor:
     if n_rep == 1:
         return x
     b, h, t, d = x.shape
@@ -144,44 +147,38 @@ def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
 
 def split_heads(x: Tensor, n_heads: int) -> Tensor:
     """``(B, T, H * D)`` -> ``(B, H, T, D)``: cut the channels into ``n_heads`` groups of ``D``."""
-    _check_tensor("x", x, min_dim=3)
-    if x.dim() != 3:
-        raise ValueError(f"x must have shape (B, T, C), got shape {tuple(x.shape)}")
-    if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1:
-        raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
+    _checks.tensor("x", x, 3, layout="(B, T, C)")
+    n_heads = _checks.positive_int("n_heads", n_heads)
+    if x.shape[-1] % n_heads:
+        raise ValueError(f"the channel count C={x.shape[-1]} of x {tuple(x.shape)} must be divisible by "
+                         f"n_heads={n_heads}")
+    return _split_heads(x, n_heads)
+
+
+def _split_heads(x: Tensor, n_heads: int) -> Tensor:
     b, t, c = x.shape
-    if c % n_heads:
-        raise ValueError(f"the channel count C={c} of x {tuple(x.shape)} must be divisible by n_heads={n_heads}")
     return x.view(b, t, n_heads, c // n_heads).transpose(1, 2)
 
 
 def merge_heads(x: Tensor) -> Tensor:
     """``(B, H, T, D)`` -> ``(B, T, H * D)``: the inverse of :func:`split_heads`."""
-    _check_tensor("x", x, min_dim=4)
-    if x.dim() != 4:
-        raise ValueError(f"x must have shape (B, H, T, D), got shape {tuple(x.shape)}")
+    return _merge_heads(_checks.tensor("x", x, 4, layout="(B, H, T, D)"))
+
+
+def _merge_heads(x: Tensor) -> Tensor:
     b, h, t, d = x.shape
     return x.transpose(1, 2).reshape(b, t, h * d)
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _check_head_counts(d_model: int, n_heads: int, n_kv_heads: int | None) -> int:
-    _positive_int("d_model", d_model)
-    _positive_int("n_heads", n_heads)
-    if d_model % n_heads:
-        raise ValueError(f"n_heads={n_heads} must divide d_model={d_model} (each head gets d_model / n_heads "
-                         "channels)")
+def _check_head_counts(d_model: object, n_heads: object, n_kv_heads: object) -> int:
+    """Check the sizes of a multi-head attention; return ``n_kv_heads`` (``None`` -> ``n_heads``)."""
+    d_model, n_heads = _checks.positive_int("d_model", d_model), _checks.positive_int("n_heads", n_heads)
+    _checks.divides("n_heads", n_heads, "d_model", d_model, "each head gets d_model / n_heads channels")
     if n_kv_heads is None:
         return n_heads
-    _positive_int("n_kv_heads", n_kv_heads)
-    if n_heads % n_kv_heads:
-        raise ValueError(f"n_kv_heads={n_kv_heads} must divide n_heads={n_heads} (each key/value head "
-                         "serves an equal group of query heads)")
+    n_kv_heads = _checks.positive_int("n_kv_heads", n_kv_heads)
+    _checks.divides("n_kv_heads", n_kv_heads, "n_heads", n_heads,
+                    "each key/value head serves an equal group of query heads")
     return n_kv_heads
 
 
@@ -215,13 +212,11 @@ class MultiHeadAttention(nn.Module):
     ) -> None:
         super().__init__()
         n_kv_heads = _check_head_counts(d_model, n_heads, n_kv_heads)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
-        if backend not in ("book", "torch"):
-            raise ValueError(f"backend must be 'book' or 'torch', got {backend!r}")
+        dropout = _checks.dropout("dropout", dropout)
+        bias, backend = _checks.boolean("bias", bias), _checks.one_of("backend", backend, ("book", "torch"))
         self.d_model, self.n_heads, self.n_kv_heads = d_model, n_heads, n_kv_heads
         self.head_dim = d_model // n_heads
-        self.dropout, self.backend = float(dropout), backend
+        self.dropout, self.backend = dropout, backend
         kv_dim = n_kv_heads * self.head_dim
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)
         self.k_proj = nn.Linear(d_model, kv_dim, bias=bias)
@@ -232,20 +227,34 @@ class MultiHeadAttention(nn.Module):
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
                 f"head_dim={self.head_dim}, dropout={self.dropout}, backend={self.backend!r}")
 
+    # ---- checks (the public doors) ---------------------------------------------------------
     def _check_stream(self, name: str, x: object) -> Tensor:
-        x = _check_tensor(name, x, min_dim=3)
-        if x.dim() != 3 or x.shape[-1] != self.d_model:
+        x = _checks.float_tensor(name, x, 3, layout=f"(B, T, d_model={self.d_model})")
+        if x.shape[-1] != self.d_model:
             raise ValueError(f"{name} must have shape (B, T, d_model={self.d_model}), got shape {tuple(x.shape)}")
+        _checks.same_dtype(**{name: x, "the module's weights": self.q_proj.weight})
         return x
 
+    def _check_kv(self, kv: object, batch: int) -> tuple[Tensor, Tensor]:
+        if not (isinstance(kv, (tuple, list)) and len(kv) == 2):
+            raise TypeError(f"kv must be a pair (k, v), got {_checks.describe(kv)}")
+        k, v = (_checks.float_tensor(n, t, 4, layout="(B, n_kv_heads, T_k, D)") for n, t in zip(("kv[0]", "kv[1]"), kv))
+        expected = (batch, self.n_kv_heads, k.shape[2], self.head_dim)
+        for name, t in (("kv[0]", k), ("kv[1]", v)):
+            _checks.shape_is(name, t, expected, layout="(B, n_kv_heads, T_k, D)")
+        return k, v
+
+    # ---- projections ------------------------------------------------------------------------
     def project_q(self, x: Tensor) -> Tensor:
         """Queries in head layout: ``(B, T, d_model)`` -> ``(B, n_heads, T, D)``."""
-        return split_heads(self.q_proj(self._check_stream("x", x)), self.n_heads)
+        return _split_heads(self.q_proj(self._check_stream("x", x)), self.n_heads)
 
     def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values in head layout: ``(B, T, d_model)`` -> two ``(B, n_kv_heads, T, D)``."""
-        x = self._check_stream("x", x)
-        return split_heads(self.k_proj(x), self.n_kv_heads), split_heads(self.v_proj(x), self.n_kv_heads)
+        return self._project_kv(self._check_stream("x", x))
+
+    def _project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return _split_heads(self.k_proj(x), self.n_kv_heads), _split_heads(self.v_proj(x), self.n_kv_heads)
 
     def forward(
         self,
@@ -268,33 +277,42 @@ class MultiHeadAttention(nn.Module):
         Returns ``(output, weights)``: ``output`` ``(B, T_q, d_model)`` and ``weights``
         ``(B, n_heads, T_q, T_k)``, or ``None`` when ``need_weights=False``.
         """
-        q = self.project_q(self._check_stream("x_q", x_q))
+        self._check_forward(x_q, x_kv, mask, bias, kv, need_weights)
+        q = _split_heads(self.q_proj(x_q), self.n_heads)  # (B, H, T_q, D)
+        k, v = kv if kv is not None else self._project_kv(x_q if x_kv is None else x_kv)  # (B, H_kv, T_k, D)
+        return self.attend(q, k, v, mask, bias, need_weights)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, bias: Tensor | None = None,
+               need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Unchecked core of :meth:`forward` for callers that already checked their inputs (a model's
+        blocks): ``q`` ``(B, H, T_q, D)``, ``k``/``v`` ``(B, H_kv, T_k, D)`` -> ``((B, T_q, d_model), weights)``."""
+        n_rep = self.n_heads // self.n_kv_heads
+        k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)  # (B, H, T_k, D): each kv head serves n_rep query heads
+        dropout_p = self.dropout if self.training else 0.0
+        if self.backend == "torch" and not need_weights and bias is None:
+            out, weights = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p), None
+        else:
+            scale = 1.0 / math.sqrt(self.head_dim)
+            out, weights = _attention(q, k, v, mask, bias, scale, dropout_p)
+        return self.out_proj(_merge_heads(out)), (weights if need_weights else None)
+
+    def _check_forward(self, x_q, x_kv, mask, bias, kv, need_weights) -> None:
+        x_q = self._check_stream("x_q", x_q)
+        _checks.boolean("need_weights", need_weights)
+        if kv is not None and x_kv is not None:
+            raise ValueError("pass either x_kv (to be projected) or kv=(k, v) (already projected), not both")
         if kv is not None:
-            if x_kv is not None:
-                raise ValueError("pass either x_kv (to be projected) or kv=(k, v) (already projected), not both")
-            if not (isinstance(kv, (tuple, list)) and len(kv) == 2):
-                raise TypeError(f"kv must be a pair (k, v), got {type(kv).__name__}")
-            k, v = (_check_tensor(n, t, min_dim=4) for n, t in zip(("kv[0]", "kv[1]"), kv))
-            expected = (q.shape[0], self.n_kv_heads, k.shape[2], self.head_dim)
-            for name, t in (("kv[0]", k), ("kv[1]", v)):
-                if tuple(t.shape) != expected:
-                    raise ValueError(f"{name} must have shape (B={expected[0]}, n_kv_heads={expected[1]}, "
-                                     f"T_k, D={expected[3]}), got shape {tuple(t.shape)}")
+            t_k = self._check_kv(kv, x_q.shape[0])[0].shape[2]
         else:
             x_kv = x_q if x_kv is None else self._check_stream("x_kv", x_kv)
             if x_kv.shape[0] != x_q.shape[0]:
                 raise ValueError(f"x_q {tuple(x_q.shape)} and x_kv {tuple(x_kv.shape)} must have the same batch size B")
-            k, v = self.project_kv(x_kv)
-        n_rep = self.n_heads // self.n_kv_heads
-        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
-        dropout_p = self.dropout if self.training else 0.0
-        if self.backend == "torch" and not need_weights and bias is None:
-            if mask is not None:
-                check_mask(mask, (q.shape[0], self.n_heads, q.shape[2], k.shape[2]))
-            out, weights = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p), None
-        else:
-            out, weights = scaled_dot_product_attention(q, k, v, mask, bias=bias, dropout_p=dropout_p)
-        return self.out_proj(merge_heads(out)), (weights if need_weights else None)
+            t_k = x_kv.shape[1]
+        scores_shape = (x_q.shape[0], self.n_heads, x_q.shape[1], t_k)
+        if mask is not None:
+            check_mask(mask, scores_shape)
+        if bias is not None:
+            _check_bias(bias, scores_shape)
 
     @torch.no_grad()
     def load_torch_weights(self, mha: nn.MultiheadAttention) -> MultiHeadAttention:
@@ -366,9 +384,9 @@ def attention_flops_breakdown(
     bias additions are ``O(T_q T_k)`` or ``O(T d)`` and left out. Self-attention: ``t_k = t_q``.
     """
     n_kv_heads = _check_head_counts(d_model, n_heads, n_kv_heads)
-    t_q = _positive_int("t_q", t_q)
-    t_k = t_q if t_k is None else _positive_int("t_k", t_k)
-    batch = _positive_int("batch", batch)
+    t_q = _checks.positive_int("t_q", t_q)
+    t_k = t_q if t_k is None else _checks.positive_int("t_k", t_k)
+    batch = _checks.positive_int("batch", batch)
     d = d_model // n_heads
     return {
         "q_proj": 2 * batch * t_q * d_model * d_model,

@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from transformer_book import _checks
+
 __all__ = [
     "causal_mask",
     "padding_mask",
@@ -35,14 +37,6 @@ __all__ = [
 ]
 
 
-def _check_length(name: str, n: object) -> int:
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"{name} must be an int (a sequence length), got {type(n).__name__} {n!r}")
-    if n < 1:
-        raise ValueError(f"{name} must be >= 1 (a sequence length), got {n}")
-    return n
-
-
 def causal_mask(n: int, *, device: torch.device | str | None = None) -> Tensor:
     """Lower-triangular ``(n, n)`` boolean mask: query ``t`` may attend to keys ``0..t``.
 
@@ -53,7 +47,7 @@ def causal_mask(n: int, *, device: torch.device | str | None = None) -> Tensor:
             [1, 1, 0],
             [1, 1, 1]], dtype=torch.int32)
     """
-    n = _check_length("n", n)
+    n = _checks.positive_int("n", n)
     return torch.ones(n, n, dtype=torch.bool, device=device).tril()
 
 
@@ -65,14 +59,10 @@ def padding_mask(tokens: Tensor, pad_id: int) -> Tensor:
     (Padded *queries* still produce rows; what they attend to does not matter, and their
     outputs are ignored by the loss.)
     """
-    if not isinstance(tokens, Tensor):
-        raise TypeError(f"tokens must be a torch.Tensor of shape (B, T), got {type(tokens).__name__}")
-    if tokens.dim() != 2:
-        raise ValueError(f"tokens must have shape (B, T), got shape {tuple(tokens.shape)}")
+    _checks.tensor("tokens", tokens, 2, layout="(B, T)")
     if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
         raise TypeError(f"tokens must hold integer ids, got dtype {tokens.dtype}")
-    if isinstance(pad_id, bool) or not isinstance(pad_id, int):
-        raise TypeError(f"pad_id must be an int, got {type(pad_id).__name__} {pad_id!r}")
+    _checks.integer("pad_id", pad_id)
     return (tokens != pad_id)[:, None, None, :]
 
 
@@ -87,7 +77,7 @@ def prefix_lm_mask(n: int, prefix_len: int | Tensor, *, device: torch.device | s
     ``prefix_len`` is an int (returns ``(n, n)``) or an integer tensor ``(B,)`` with one
     prefix length per sequence (returns ``(B, 1, n, n)``, broadcastable over heads).
     """
-    n = _check_length("n", n)
+    n = _checks.positive_int("n", n)
     if isinstance(prefix_len, Tensor):
         if prefix_len.dim() != 1 or prefix_len.is_floating_point() or prefix_len.dtype == torch.bool:
             raise ValueError(f"prefix_len as a tensor must be 1-D integer (B,), got shape "
@@ -98,11 +88,7 @@ def prefix_lm_mask(n: int, prefix_len: int | Tensor, *, device: torch.device | s
         keys = torch.arange(n, device=device)
         in_prefix = keys[None, None, None, :] < prefix_len.to(device)[:, None, None, None]
         return causal_mask(n, device=device) | in_prefix
-    if isinstance(prefix_len, bool) or not isinstance(prefix_len, int):
-        raise TypeError(f"prefix_len must be an int or a (B,) integer tensor, got "
-                        f"{type(prefix_len).__name__} {prefix_len!r}")
-    if not 0 <= prefix_len <= n:
-        raise ValueError(f"prefix_len must lie in [0, n={n}], got {prefix_len}")
+    prefix_len = _checks.integer("prefix_len", prefix_len, 0, n)
     mask = causal_mask(n, device=device)
     mask[:, :prefix_len] = True
     return mask
@@ -110,7 +96,7 @@ def prefix_lm_mask(n: int, prefix_len: int | Tensor, *, device: torch.device | s
 
 def _require_bool(name: str, mask: object) -> Tensor:
     if not isinstance(mask, Tensor):
-        raise TypeError(f"{name} must be a boolean torch.Tensor (True = may attend), got {type(mask).__name__}")
+        raise TypeError(f"{name} must be a boolean torch.Tensor (True = may attend), got {_checks.describe(mask)}")
     if mask.dtype != torch.bool:
         hint = (" A float mask is additive (0 = attend, -inf = blocked): pass it as `bias=` instead,"
                 " or turn it into a boolean mask with `mask == 0`."
@@ -172,7 +158,7 @@ def to_additive_mask(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor
     row, a bare ``torch.softmax`` does not.
     """
     mask = _require_bool("mask", mask)
-    if not dtype.is_floating_point:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating dtype, got {dtype}")
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
 
