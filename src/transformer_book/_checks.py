@@ -119,7 +119,8 @@ def one_of(name: str, value: object, choices: Sequence[Any]) -> Any:
     except Exception:  # an object whose == raises is not one of the choices
         ok = False
     if not ok:
-        raise ValueError(f"{name} must be {' or '.join(repr(c) for c in choices)}, got {value!r}")
+        expected = " or ".join(map(repr, choices)) if len(choices) <= 2 else f"one of {tuple(choices)}"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
     return value
 
 

@@ -23,13 +23,12 @@ Shapes: the model stream is ``(B, T, C)`` (``C = d_model``). Masks are boolean,
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from transformer_book.attention import MultiHeadAttention, _positive_int
+from transformer_book import _checks
+from transformer_book.attention import MultiHeadAttention
 
 __all__ = [
     "ACTIVATIONS",
@@ -48,24 +47,9 @@ NORMS = ("layernorm", "rmsnorm")
 
 # --------------------------------------------------------------------------- checks
 
-def _positive_float(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def _dropout(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-    return float(value)
-
-
 def _check_stream(name: str, x: object, d_model: int) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.dim() < 1 or x.shape[-1] != d_model:
+    x = _checks.float_tensor(name, x, min_dim=1, layout=f"(..., C={d_model})")
+    if x.shape[-1] != d_model:
         raise ValueError(f"{name} must have last dimension d_model={d_model} (..., C), got shape {tuple(x.shape)}")
     return x
 
@@ -82,10 +66,10 @@ class LayerNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-5, bias: bool = True) -> None:
         super().__init__()
-        self.d_model = _positive_int("d_model", d_model)
-        self.eps = _positive_float("eps", eps)
+        self.d_model = _checks.positive_int("d_model", d_model)
+        self.eps = _checks.number("eps", eps, 0.0, low_open=True)
         self.weight = nn.Parameter(torch.ones(d_model))
-        self.bias = nn.Parameter(torch.zeros(d_model)) if bias else None
+        self.bias = nn.Parameter(torch.zeros(d_model)) if _checks.boolean("bias", bias) else None
 
     def forward(self, x: Tensor) -> Tensor:
         _check_stream("x", x, self.d_model)
@@ -108,8 +92,8 @@ class RMSNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-6) -> None:
         super().__init__()
-        self.d_model = _positive_int("d_model", d_model)
-        self.eps = _positive_float("eps", eps)
+        self.d_model = _checks.positive_int("d_model", d_model)
+        self.eps = _checks.number("eps", eps, 0.0, low_open=True)
         self.weight = nn.Parameter(torch.ones(d_model))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -125,11 +109,10 @@ def make_norm(kind: str, d_model: int, eps: float | None = None, bias: bool = Tr
 
     ``eps`` defaults to each class's own default; ``bias`` applies to LayerNorm only.
     """
+    _checks.one_of("norm kind", kind, NORMS)
     if kind == "layernorm":
         return LayerNorm(d_model, eps=1e-5 if eps is None else eps, bias=bias)
-    if kind == "rmsnorm":
-        return RMSNorm(d_model, eps=1e-6 if eps is None else eps)
-    raise ValueError(f"norm kind must be one of {NORMS}, got {kind!r}")
+    return RMSNorm(d_model, eps=1e-6 if eps is None else eps)
 
 
 # --------------------------------------------------------------------------- feed-forward
@@ -150,14 +133,13 @@ class FeedForward(nn.Module):
     def __init__(self, d_model: int, d_ff: int, activation: str = "relu", dropout: float = 0.0,
                  bias: bool = True) -> None:
         super().__init__()
-        self.d_model, self.d_ff = _positive_int("d_model", d_model), _positive_int("d_ff", d_ff)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-        self.activation = activation
+        self.d_model, self.d_ff = _checks.positive_int("d_model", d_model), _checks.positive_int("d_ff", d_ff)
+        self.activation = _checks.one_of("activation", activation, ACTIVATIONS)
+        bias = _checks.boolean("bias", bias)
         self.fc_in = nn.Linear(d_model, d_ff, bias=bias)
         self.fc_gate = nn.Linear(d_model, d_ff, bias=bias) if activation == "swiglu" else None
         self.fc_out = nn.Linear(d_ff, d_model, bias=bias)
-        self.dropout = nn.Dropout(_dropout("dropout", dropout))
+        self.dropout = nn.Dropout(_checks.dropout("dropout", dropout))
 
     def _hidden(self, x: Tensor) -> Tensor:
         h = self.fc_in(x)
@@ -198,17 +180,12 @@ class _Residual(nn.Module):
 
 
 def _check_layer_args(d_model, n_heads, d_ff, dropout, norm, norm_first) -> None:
-    _positive_int("d_model", d_model)
-    _positive_int("n_heads", n_heads)
-    if d_model % n_heads:
-        raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads} (each head gets "
-                         "d_model / n_heads channels)")
-    _positive_int("d_ff", d_ff)
-    _dropout("dropout", dropout)
-    if norm not in NORMS:
-        raise ValueError(f"norm kind must be one of {NORMS}, got {norm!r}")
-    if not isinstance(norm_first, bool):
-        raise TypeError(f"norm_first must be a bool, got {type(norm_first).__name__} {norm_first!r}")
+    d_model, n_heads = _checks.positive_int("d_model", d_model), _checks.positive_int("n_heads", n_heads)
+    _checks.divides("n_heads", n_heads, "d_model", d_model, "each head gets d_model / n_heads channels")
+    _checks.positive_int("d_ff", d_ff)
+    _checks.dropout("dropout", dropout)
+    _checks.one_of("norm kind", norm, NORMS)
+    _checks.boolean("norm_first", norm_first)
 
 
 class EncoderLayer(nn.Module):
@@ -305,3 +282,8 @@ class DecoderLayer(nn.Module):
         x, w_cross = self.res2(x, lambda h: self.cross_attn(h, memory, mask=memory_mask, need_weights=need_weights))
         x, _ = self.res3(x, lambda h: (self.ff(h), None))
         return x, w_self, w_cross
+
+
+# TEMPORARY (removed before landing): models/transformer.py still imports these two names.
+_positive_int = _checks.positive_int
+_dropout = _checks.dropout
