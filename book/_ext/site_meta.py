@@ -1,0 +1,96 @@
+"""What every page says about the book itself, and the bibliography's labels.
+
+* The footer names the book's version (from ``pyproject.toml``) and the build date
+  (``SOURCE_DATE_EPOCH`` when set, for reproducible builds; today otherwise), and links to the
+  repository and its issue tracker, both derived from ``repository.url`` in ``_config.yml``.
+* ``book_theme_options`` (in ``_config.yml``) are merged into the theme options that Jupyter
+  Book derives from ``_config.yml``; ``html_theme_options`` there would replace them.
+* The reference list is labelled author-year ("Vaswani et al. 2017"), the same style as the
+  citations in the text, instead of pybtex's default "[VSP+17]".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+from pybtex.plugin import register_plugin
+from pybtex.style.formatting.plain import Style as PlainStyle
+from pybtex.style.labels import BaseLabelStyle
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _version() -> str:
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    match = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
+    return match.group(1) if match else "unknown"
+
+
+def _build_date() -> str:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = (dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc) if epoch
+            else dt.datetime.now(dt.timezone.utc))
+    return when.strftime("%Y-%m-%d")
+
+
+def _footer(app, config) -> None:
+    options = dict(config.html_theme_options or {})
+    options.update(config.book_theme_options or {})
+    repo = (options.get("repository_url") or "").rstrip("/")
+    links = ""
+    if repo:
+        links = (f' · <a href="{html.escape(repo)}">source</a>'
+                 f' · <a href="{html.escape(repo)}/issues/new">report an issue</a>')
+    line = (f'<p class="tb-build-meta">Version {html.escape(_version())}, '
+            f"built {_build_date()}{links}</p>")
+    options["extra_footer"] = (options.get("extra_footer") or "") + line
+    config.html_theme_options = options
+
+
+class AuthorYearLabels(BaseLabelStyle):
+    """"Vaswani et al. 2017", "Ba, Kiros and Hinton 2016" -> "Ba et al. 2016"; a, b, ... when
+    two entries would get the same label."""
+
+    def format_labels(self, sorted_entries):
+        labels = [self._label(entry) for entry in sorted_entries]
+        counts, seen = Counter(labels), Counter()
+        for label in labels:
+            if counts[label] > 1:
+                seen[label] += 1
+                yield f"{label}{chr(ord('a') + seen[label] - 1)}"
+            else:
+                yield label
+
+    @staticmethod
+    def _label(entry) -> str:
+        people = entry.persons.get("author") or entry.persons.get("editor") or []
+        names = [" ".join(p.last_names) or " ".join(p.first_names) for p in people]
+        names = [re.sub(r"[{}]", "", n) for n in names]
+        if not names:
+            who = re.sub(r"[{}]", "", entry.fields.get("organization", entry.key))
+        elif len(names) == 1:
+            who = names[0]
+        elif len(names) == 2:
+            who = f"{names[0]} and {names[1]}"
+        else:
+            who = f"{names[0]} et al."
+        return f"{who}, {entry.fields.get('year', 'n.d.')}"
+
+
+class AuthorYearStyle(PlainStyle):
+    """pybtex's "plain" entries (sorted by author, year, title) with author-year labels."""
+
+    default_label_style = "authoryear"
+
+
+def setup(app):
+    register_plugin("pybtex.style.labels", "authoryear", AuthorYearLabels)
+    register_plugin("pybtex.style.formatting", "authoryear", AuthorYearStyle)
+    app.add_config_value("book_theme_options", {}, "html")
+    app.connect("config-inited", _footer)
+    return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1.0"}
