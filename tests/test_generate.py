@@ -145,13 +145,13 @@ def test_generate_rejects_bad_arguments(tiny_gpt, kwargs, match):
 
 
 def test_generate_rejects_bad_types(tiny_gpt):
-    with pytest.raises(TypeError, match="top_k must be an int"):
+    with pytest.raises(TypeError, match="top_k must be a positive int"):
         generate(tiny_gpt, torch.zeros(1, 2, dtype=torch.long), 3, top_k=2.5)
     with pytest.raises(TypeError, match="idx must hold integer"):
         generate(tiny_gpt, torch.zeros(1, 2), 3)
-    with pytest.raises(ValueError, match=r"idx must have shape \(B, T\).*\(5,\)"):
+    with pytest.raises(ValueError, match=r"idx must have 2 dimensions \(B, T\).*\(5,\)"):
         generate(tiny_gpt, torch.zeros(5, dtype=torch.long), 3)
-    with pytest.raises(ValueError, match=r"outside the model's vocabulary \[0, 50\)"):
+    with pytest.raises(ValueError, match=r"outside the vocabulary \[0, vocab_size=50\)"):
         generate(tiny_gpt, torch.tensor([[3, 50]]), 3)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         generate("gpt", torch.zeros(1, 2, dtype=torch.long), 3)
@@ -218,3 +218,26 @@ def test_bigram_generates_through_the_same_loop():
     sampled = generate(bigram, torch.tensor([[2]]), 5, temperature=1.0, generator=torch.Generator().manual_seed(0))
     assert sampled.shape == (1, 6)
     assert math.isclose(float(bigram.log_probs.exp().sum(-1).mean()), 1.0, rel_tol=1e-5)
+
+
+# ---------------------------------------------------------------- NaN is reported, not hidden
+def test_tiny_temperature_is_the_greedy_limit_not_an_overflow():
+    logits = torch.tensor([[1000.0, 999.0, -5.0]])
+    probs = next_token_probs(logits, temperature=1e-300)  # 1000 / 1e-300 overflows float32
+    assert torch.equal(probs, torch.tensor([[1.0, 0.0, 0.0]]))
+    assert sample_next_token(logits, temperature=1e-300).item() == 0
+
+
+def test_rows_with_nothing_to_sample_raise():
+    with pytest.raises(ValueError, match="NaN, \\+inf or only -inf"):
+        next_token_probs(torch.full((1, 4), float("-inf")), temperature=1.0)
+    with pytest.raises(ValueError, match="NaN, \\+inf or only -inf"):
+        sample_next_token(torch.tensor([[0.0, float("nan")]]), temperature=0.0)
+
+
+def test_a_model_returning_nan_logits_stops_generate(tiny_gpt):
+    with torch.no_grad():
+        tiny_gpt.lm_head.weight[0, 0] = float("nan")
+    for temperature in (0.0, 1.0):
+        with pytest.raises(ValueError, match="is the model's output finite"):
+            generate(tiny_gpt, torch.zeros(1, 2, dtype=torch.long), 3, temperature=temperature)

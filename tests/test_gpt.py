@@ -172,14 +172,16 @@ def test_dropout_only_in_training():
 
 # ---------------------------------------------------------------- bad input
 @pytest.mark.parametrize("field, value, match", [
-    ("n_embd", 30, r"n_embd=30 must be divisible by n_head=4"),
+    ("n_embd", 30, r"n_head=4 must divide GPTConfig.n_embd=30"),
     ("n_head", 0, r"n_head must be a positive int, got 0"),
-    ("vocab_size", 2.5, r"vocab_size must be a positive int, got 2.5"),
+    ("vocab_size", 2.5, r"vocab_size must be a positive int, got float 2.5"),
     ("dropout", 1.0, r"dropout must be a number in \[0, 1\), got 1.0"),
     ("layer_norm_epsilon", -1e-5, r"layer_norm_epsilon.*-1e-05"),
+    ("n_kv_head", 3, r"n_kv_head=3 must divide GPTConfig.n_head=4"),
 ])
 def test_config_validation(field, value, match):
-    with pytest.raises(ValueError, match=match):
+    error = TypeError if isinstance(value, float) and field == "vocab_size" else ValueError
+    with pytest.raises(error, match=match):
         GPTConfig(**(SMALL | {field: value}))
 
 
@@ -199,13 +201,13 @@ def test_forward_bad_input(model):
         model(torch.tensor([[-1, 3]]))
     with pytest.raises(ValueError, match=r"T=25 exceeds the context window block_size=24"):
         model(torch.zeros(1, 25, dtype=torch.long))
-    with pytest.raises(TypeError, match="integer token ids, got dtype torch.float32"):
+    with pytest.raises(TypeError, match="integer token ids.*got dtype torch.float32"):
         model(torch.zeros(1, 3))
-    with pytest.raises(ValueError, match=r"shape \(B, T\) with B >= 1 and T >= 1, got shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"idx must have 2 dimensions \(B, T\), got shape \(4,\)"):
         model(torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"got shape \(0, 3\)"):
         model(torch.zeros(0, 3, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"targets must have the shape of idx \(B=1, T=3\), got \(1, 2\)"):
+    with pytest.raises(ValueError, match=r"targets must have shape \(B, T\) of idx = \(1, 3\), got shape \(1, 2\)"):
         model(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long))
 
 
@@ -215,5 +217,26 @@ def test_forward_bad_cache(model):
         model(torch.zeros(1, 5, dtype=torch.long), past_key_values=past)
     with pytest.raises(ValueError, match=r"n_layer=3 \(k, v\) pairs, got tuple of length 2"):
         model(torch.zeros(1, 1, dtype=torch.long), past_key_values=past[:2])
-    with pytest.raises(ValueError, match=r"past_key_values\[0\]\[0\] must have shape \(B=2, n_head=4"):
+    with pytest.raises(ValueError, match=r"past_key_values\[0\]\[0\] must have shape \(B=2, n_kv_head=4"):
         model(torch.zeros(2, 1, dtype=torch.long), past_key_values=past)
+
+
+def test_targets_rules(model):
+    idx = torch.zeros(1, 3, dtype=torch.long)
+    with pytest.raises(TypeError, match="targets must hold integer token ids.*got dtype torch.float32"):
+        model(idx, torch.tensor([[1.7, 2.0, 3.0]]))
+    with pytest.raises(ValueError, match=r"targets holds ids in \[-2, 3\]"):
+        model(idx, torch.tensor([[-2, 2, 3]]))
+    with pytest.raises(ValueError, match=r"targets holds ids in \[0, 101\]"):
+        model(idx, torch.tensor([[0, 2, 101]]))
+    with pytest.raises(TypeError, match="idx must hold integer token ids.*torch.uint8"):
+        model(idx.to(torch.uint8))
+    # every target ignored: the loss is 0 (not 0/0 = NaN) and backward still works
+    loss = model(idx, torch.full((1, 3), -1)).loss
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    # otherwise the plain mean over the targets that count
+    targets = torch.tensor([[5, -1, 7]])
+    logits = model(idx).logits
+    expected = torch.nn.functional.cross_entropy(logits[0], targets[0], ignore_index=-1)
+    torch.testing.assert_close(model(idx, targets).loss, expected)

@@ -283,18 +283,37 @@ class MultiHeadAttention(nn.Module):
         return self.attend(q, k, v, mask, bias, need_weights)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, bias: Tensor | None = None,
-               need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """Unchecked core of :meth:`forward` for callers that already checked their inputs (a model's
-        blocks): ``q`` ``(B, H, T_q, D)``, ``k``/``v`` ``(B, H_kv, T_k, D)`` -> ``((B, T_q, d_model), weights)``."""
-        n_rep = self.n_heads // self.n_kv_heads
-        k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)  # (B, H, T_k, D): each kv head serves n_rep query heads
+               need_weights: bool = False, is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Unchecked core of :meth:`forward`, for callers that checked their inputs at their own door
+        (a model's blocks): ``q`` ``(B, H, T_q, D)``, ``k``/``v`` ``(B, H_kv, T_k, D)`` ->
+        ``(output (B, T_q, d_model), weights (B, H, T_q, T_k) or None)``. ``is_causal``: a square
+        causal mask (``T_q == T_k``), used only when ``mask`` is ``None``."""
         dropout_p = self.dropout if self.training else 0.0
+        n_rep = self.n_heads // self.n_kv_heads  # each key/value head serves n_rep query heads
         if self.backend == "torch" and not need_weights and bias is None:
-            out, weights = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p), None
-        else:
-            scale = 1.0 / math.sqrt(self.head_dim)
-            out, weights = _attention(q, k, v, mask, bias, scale, dropout_p)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                                 is_causal=is_causal and mask is None, enable_gqa=n_rep > 1)
+            return self.out_proj(_merge_heads(out)), None
+        if is_causal and mask is None:
+            mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+        k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)  # (B, H, T_k, D)
+        out, weights = _attention(q, k, v, mask, bias, 1.0 / math.sqrt(self.head_dim), dropout_p)
         return self.out_proj(_merge_heads(out)), (weights if need_weights else None)
+
+    def self_attend(self, x: Tensor, mask: Tensor | None = None, cache=None, layer: int = 0,
+                    need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Causal self-attention of a decoder (unchecked: the model checks at its door).
+
+        ``x`` ``(B, T, d_model)``: the new positions. Without a ``cache`` they are the whole
+        sequence and attend causally; with one (:mod:`transformer_book.kv_cache`'s protocol)
+        their keys and values are written into layer ``layer`` of the cache and the queries
+        attend over everything it holds, under ``mask`` (``None``: every key).
+        """
+        q = _split_heads(self.q_proj(x), self.n_heads)  # (B, H, T, D)
+        k, v = self._project_kv(x)  # (B, H_kv, T, D)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, H_kv, T_past + T, D)
+        return self.attend(q, k, v, mask, need_weights=need_weights, is_causal=cache is None)
 
     def _check_forward(self, x_q, x_kv, mask, bias, kv, need_weights) -> None:
         x_q = self._check_stream("x_q", x_q)

@@ -26,11 +26,13 @@ and ``model.block_size`` is the longest context it accepts (``None``: unlimited)
 
 from __future__ import annotations
 
-import math
+import inspect
 import warnings
 
 import torch
 from torch import Tensor, nn
+
+from transformer_book import _checks
 
 __all__ = [
     "apply_temperature",
@@ -45,42 +47,20 @@ __all__ = [
 
 # --------------------------------------------------------------------------- argument checks
 
-def _check_logits(logits: object) -> Tensor:
-    if not isinstance(logits, Tensor):
-        raise TypeError(f"logits must be a torch.Tensor (..., V), got {type(logits).__name__}")
-    if not logits.is_floating_point():
-        raise TypeError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
-    if logits.dim() < 1 or logits.shape[-1] < 1:
-        raise ValueError(f"logits must have shape (..., V) with V >= 1, got shape {tuple(logits.shape)}")
+def _check_logits(logits: object, dim: int | None = None) -> Tensor:
+    layout = "(B, V)" if dim == 2 else "(..., V)"
+    logits = _checks.float_tensor("logits", logits, dim, min_dim=None if dim else 1, layout=layout)
+    if logits.shape[-1] < 1:
+        raise ValueError(f"logits must have shape {layout} with V >= 1, got shape {tuple(logits.shape)}")
     return logits
 
 
-def _check_temperature(temperature: object) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a number >= 0, got {type(temperature).__name__} {temperature!r}")
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    return float(temperature)
-
-
-def _check_top_k(top_k: object) -> int | None:
-    if top_k is None:
-        return None
-    if isinstance(top_k, bool) or not isinstance(top_k, int):
-        raise TypeError(f"top_k must be an int >= 1 or None, got {type(top_k).__name__} {top_k!r}")
-    if top_k < 1:
-        raise ValueError(f"top_k must be an int >= 1 or None, got top_k={top_k}")
-    return top_k
-
-
-def _check_top_p(top_p: object) -> float | None:
-    if top_p is None:
-        return None
-    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)):
-        raise TypeError(f"top_p must be a number in (0, 1] or None, got {type(top_p).__name__} {top_p!r}")
-    if not 0.0 < top_p <= 1.0:  # also False for NaN
-        raise ValueError(f"top_p must lie in (0, 1] (the probability mass to keep), got top_p={top_p!r}")
-    return float(top_p)
+def _check_sampling(temperature: object, top_k: object, top_p: object) -> tuple[float, int | None, float | None]:
+    """The three sampling settings, checked: ``temperature >= 0`` (0 = greedy), ``top_k >= 1``, ``top_p`` in (0, 1]."""
+    temperature = _checks.number("temperature", temperature, low=0.0)
+    top_k = None if top_k is None else _checks.positive_int("top_k", top_k)
+    top_p = None if top_p is None else _checks.number("top_p", top_p, 0.0, 1.0, low_open=True)
+    return temperature, top_k, top_p
 
 
 # --------------------------------------------------------------------------- the filters
@@ -88,11 +68,10 @@ def _check_top_p(top_p: object) -> float | None:
 def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
     """``logits / temperature`` ``(..., V)``; ``temperature`` must be > 0 (0 means greedy: no division)."""
     logits = _check_logits(logits)
-    t = _check_temperature(temperature)
-    if t == 0:
+    if _checks.number("temperature", temperature, low=0.0) == 0:
         raise ValueError("temperature=0 means greedy decoding (argmax), not a division by zero: "
                          "apply_temperature needs temperature > 0")
-    return logits / t
+    return logits / temperature
 
 
 def top_k_filter(logits: Tensor, k: int) -> Tensor:
@@ -101,9 +80,11 @@ def top_k_filter(logits: Tensor, k: int) -> Tensor:
     Ties with the ``k``-th largest value are kept (so a row may keep more than ``k``), as in
     Hugging Face's ``TopKLogitsWarper``. ``k >= V`` keeps everything. Returns a new tensor.
     """
-    logits = _check_logits(logits)
-    k = _check_top_k(k)
-    if k is None or k >= logits.shape[-1]:
+    return _top_k(_check_logits(logits), _checks.positive_int("k", k))
+
+
+def _top_k(logits: Tensor, k: int) -> Tensor:
+    if k >= logits.shape[-1]:
         return logits.clone()
     kth_largest = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1)
     return logits.masked_fill(logits < kth_largest, float("-inf"))
@@ -117,9 +98,11 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     token is always kept and the token that crosses ``p`` is kept too. ``p = 1`` keeps every
     token. Returns a new tensor with ``-inf`` at the removed tokens.
     """
-    logits = _check_logits(logits)
-    p = _check_top_p(p)
-    if p is None or p >= 1.0:
+    return _top_p(_check_logits(logits), _checks.number("p", p, 0.0, 1.0, low_open=True))
+
+
+def _top_p(logits: Tensor, p: float) -> Tensor:
+    if p >= 1.0:
         return logits.clone()
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
     probs = torch.softmax(sorted_logits, dim=-1)
@@ -133,12 +116,33 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
 def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
                   top_p: float | None = None) -> Tensor:
     """Temperature, then top-k, then top-p, on logits ``(..., V)``; ``temperature > 0``."""
-    logits = apply_temperature(logits, temperature)
-    if top_k is not None:
-        logits = top_k_filter(logits, top_k)
-    if top_p is not None:
-        logits = top_p_filter(logits, top_p)
-    return logits
+    logits = _check_logits(logits)
+    temperature, top_k, top_p = _check_sampling(temperature, top_k, top_p)
+    apply_temperature(logits, temperature)  # refuses temperature 0 with its own message
+    return _filter(logits, temperature, top_k, top_p)
+
+
+def _filter(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None) -> Tensor:
+    logits = logits / temperature
+    logits = logits if top_k is None else _top_k(logits, top_k)
+    return logits if top_p is None else _top_p(logits, top_p)
+
+
+def _probs(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None) -> Tensor:
+    """The sampling distribution of checked logits ``(..., V)``: one-hot on the argmax at temperature 0.
+
+    Every row is first shifted so its largest logit is 0: softmax does not change, but a tiny
+    temperature can no longer overflow ``logits / t``, and the result tends to greedy as t -> 0.
+    A temperature too small for the logits' dtype to hold (below its smallest normal number)
+    *is* greedy. A row whose logits are NaN, or all ``-inf``, has no distribution: ``ValueError``.
+    """
+    top = logits.amax(dim=-1, keepdim=True)  # (..., 1)
+    if not bool(torch.isfinite(top).all()) or bool(torch.isnan(logits).any()):
+        raise ValueError(f"logits of shape {tuple(logits.shape)} have a row with NaN, +inf or only -inf "
+                         "values: no next-token distribution exists (is the model's output finite?)")
+    if temperature < torch.finfo(logits.dtype).tiny:  # 0, or too small to divide by in this dtype
+        return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+    return torch.softmax(_filter(logits - top, temperature, top_k, top_p), dim=-1)
 
 
 def next_token_probs(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -147,26 +151,22 @@ def next_token_probs(logits: Tensor, temperature: float = 1.0, top_k: int | None
 
     ``temperature=0`` is greedy: all the probability on the largest logit (the first one on a tie).
     """
-    logits = _check_logits(logits)
-    temperature = _check_temperature(temperature)
-    _check_top_k(top_k)
-    _check_top_p(top_p)
-    if temperature == 0:
-        return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
-    return torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
+    return _probs(_check_logits(logits), *_check_sampling(temperature, top_k, top_p))
 
 
 def sample_next_token(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
                       top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
     """One token per row: logits ``(B, V)`` -> ids ``(B, 1)`` (greedy when ``temperature=0``)."""
-    logits = _check_logits(logits)
-    if logits.dim() != 2:
-        raise ValueError(f"logits must have shape (B, V), got shape {tuple(logits.shape)}")
-    if _check_temperature(temperature) == 0:
-        _check_top_k(top_k)
-        _check_top_p(top_p)
-        return logits.argmax(dim=-1, keepdim=True)
-    probs = next_token_probs(logits, temperature, top_k, top_p)
+    logits = _check_logits(logits, dim=2)
+    settings = _check_sampling(temperature, top_k, top_p)
+    return _sample(logits, *settings, _checks.generator("generator", generator))
+
+
+def _sample(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
+            generator: torch.Generator | None) -> Tensor:
+    probs = _probs(logits, temperature, top_k, top_p)  # (B, V)
+    if temperature < torch.finfo(logits.dtype).tiny:  # greedy (see _probs)
+        return probs.argmax(dim=-1, keepdim=True)
     if generator is not None and generator.device != probs.device:
         # a CPU generator with a GPU model: draw on the CPU (same tokens on every device)
         return torch.multinomial(probs.cpu(), num_samples=1, generator=generator).to(probs.device)
@@ -174,20 +174,6 @@ def sample_next_token(logits: Tensor, temperature: float = 1.0, top_k: int | Non
 
 
 # --------------------------------------------------------------------------- the loop
-
-def _check_idx(idx: object, vocab_size: int | None) -> Tensor:
-    if not isinstance(idx, Tensor):
-        raise TypeError(f"idx must be a torch.Tensor of token ids (B, T), got {type(idx).__name__}")
-    if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
-        raise TypeError(f"idx must hold integer token ids, got dtype {idx.dtype}")
-    if idx.dim() != 2 or idx.shape[1] < 1:
-        raise ValueError(f"idx must have shape (B, T) with T >= 1 (a prompt of at least one token), "
-                         f"got shape {tuple(idx.shape)}")
-    if vocab_size is not None and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= vocab_size):
-        raise ValueError(f"idx holds ids in [{int(idx.min())}, {int(idx.max())}], outside the model's "
-                         f"vocabulary [0, {vocab_size})")
-    return idx.long()
-
 
 @torch.no_grad()
 def generate(
@@ -205,9 +191,10 @@ def generate(
     ``temperature=0`` is greedy; otherwise each token is drawn from
     ``softmax(top_p(top_k(logits / temperature)))`` with ``generator`` (same seed -> same tokens).
 
-    ``use_cache=True`` keeps every layer's keys and values (a KV cache), so each step runs the
-    model on the one new token instead of the whole sequence; the tokens are the same as
-    without the cache.
+    ``use_cache=True`` keeps every layer's keys and values, so each step runs the model on the
+    one new token instead of the whole sequence; the tokens are the same as without the cache.
+    A model whose ``forward`` takes ``cache=`` (the GPT) gets chapter 8's static, preallocated
+    :class:`~transformer_book.kv_cache.KVCache`; others, chapter 7's ``past_key_values``.
 
     The context window (``model.block_size``): a prompt longer than the window is cropped to its
     last ``block_size`` tokens with a warning (the returned tensor still starts with the whole
@@ -216,40 +203,48 @@ def generate(
     the window slides, so cached keys go stale; from then on each step recomputes the window
     (cached and uncached generation stay identical).
 
+    A model that returns NaN logits, or a row with nothing left to sample, raises ``ValueError``.
     The model is put in eval mode (no dropout) for the loop and restored afterwards.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
-        raise TypeError(f"max_new_tokens must be an int >= 0, got {type(max_new_tokens).__name__} {max_new_tokens!r}")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got max_new_tokens={max_new_tokens}")
-    temperature = _check_temperature(temperature)
-    top_k, top_p = _check_top_k(top_k), _check_top_p(top_p)
-    if not isinstance(use_cache, bool):
-        raise TypeError(f"use_cache must be a bool, got {type(use_cache).__name__}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    idx = _check_idx(idx, getattr(model, "vocab_size", None))
+    _checks.instance("model", model, nn.Module, "torch.nn.Module")
+    max_new_tokens = _checks.integer("max_new_tokens", max_new_tokens, low=0)
+    settings = _check_sampling(temperature, top_k, top_p)
+    _checks.boolean("use_cache", use_cache)
+    _checks.generator("generator", generator)
+    idx = _checks.token_ids("idx", idx, getattr(model, "vocab_size", None)).long()
     block_size = getattr(model, "block_size", None)
     if block_size is not None and idx.shape[1] > block_size:
         warnings.warn(f"the prompt has {idx.shape[1]} tokens, more than the model's context window "
                       f"block_size={block_size}: the model sees only the last {block_size}", stacklevel=2)
+    static = use_cache and "cache" in inspect.signature(model.forward).parameters
 
     was_training = model.training
     model.eval()
     try:
-        out, past = idx, None
+        out = idx
+        cache = past = None
         for _ in range(max_new_tokens):
-            if use_cache and past is not None and (block_size is None or out.shape[1] <= block_size):
-                step_input = out[:, -1:]  # the cache holds everything before the last token
+            window = out if block_size is None else out[:, -block_size:]
+            fits = block_size is None or out.shape[1] <= block_size
+            if static:
+                if cache is None or not fits:  # start, or the window slid: positions changed
+                    cache = model.new_cache(out.shape[0], max_len=_cache_len(out, max_new_tokens, block_size))
+                    result = model(window, cache=cache)
+                else:
+                    result = model(out[:, -1:], cache=cache)  # the cache holds everything before it
+            elif use_cache and past is not None and fits:
+                result = model(out[:, -1:], past_key_values=past, use_cache=True)
             else:
-                step_input = out if block_size is None else out[:, -block_size:]
-                past = None  # (re)start: the first step, or the window slid and the cache is stale
-            result = model(step_input, past_key_values=past, use_cache=use_cache)
-            past = result.past_key_values if use_cache else None
-            token = sample_next_token(result.logits[:, -1, :], temperature, top_k, top_p, generator)
+                result = model(window, use_cache=use_cache)
+            past = result.past_key_values if use_cache and not static else None
+            token = _sample(result.logits[:, -1, :], *settings, generator)
             out = torch.cat([out, token.to(out.device)], dim=1)
         return out
     finally:
         model.train(was_training)
+
+
+def _cache_len(out: Tensor, max_new_tokens: int, block_size: int | None) -> int:
+    """Positions a static cache needs: the rest of the generation, at most the context window."""
+    n = out.shape[1] + max_new_tokens
+    return n if block_size is None else min(n, block_size)

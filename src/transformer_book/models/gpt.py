@@ -28,14 +28,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from transformer_book import _checks
 from transformer_book.attention import MultiHeadAttention
-from transformer_book.layers import FeedForward, LayerNorm, _dropout, _positive_int
+from transformer_book.kv_cache import KVCache
+from transformer_book.layers import FeedForward, LayerNorm
 from transformer_book.positional import LearnedPositionalEmbedding
 
-__all__ = ["GPTConfig", "GPT", "GPTOutput", "Block", "KVCache"]
+__all__ = ["GPTConfig", "GPT", "GPTOutput", "Block", "PastKeyValues"]
 
-#: One ``(keys, values)`` pair per layer, each ``(B, n_head, T_past, head_dim)``.
-KVCache = tuple[tuple[Tensor, Tensor], ...]
+#: Chapter 7's cache: one ``(keys, values)`` pair per layer, each ``(B, n_kv_head, T_past, head_dim)``.
+PastKeyValues = tuple[tuple[Tensor, Tensor], ...]
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,8 @@ class GPTConfig:
 
     ``block_size`` is the context window (GPT-2: ``n_positions = 1024``); ``bias`` switches the
     biases of every Linear and LayerNorm; ``dropout`` applies to the embeddings, the attention
-    weights, the feed-forward hidden layer and each sub-layer's output.
+    weights, the feed-forward hidden layer and each sub-layer's output. ``n_kv_head`` key/value
+    heads (``None`` = ``n_head``: multi-head attention; fewer: grouped-query; 1: multi-query).
     """
 
     vocab_size: int = 50257
@@ -55,24 +58,31 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     layer_norm_epsilon: float = 1e-5
+    n_kv_head: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            _positive_int(f"GPTConfig.{name}", getattr(self, name))
-        if self.n_embd % self.n_head:
-            raise ValueError(f"GPTConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head} "
-                             f"(each head gets n_embd / n_head channels)")
-        _dropout("GPTConfig.dropout", self.dropout)
-        if not isinstance(self.bias, bool):
-            raise TypeError(f"GPTConfig.bias must be a bool, got {type(self.bias).__name__} {self.bias!r}")
-        eps = self.layer_norm_epsilon
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps < 1):
-            raise ValueError(f"GPTConfig.layer_norm_epsilon must be a number in (0, 1), got {eps!r}")
+            _checks.positive_int(f"GPTConfig.{name}", getattr(self, name))
+        _checks.divides("GPTConfig.n_head", self.n_head, "GPTConfig.n_embd", self.n_embd,
+                        "each head gets n_embd / n_head channels")
+        if self.n_kv_head is not None:
+            _checks.positive_int("GPTConfig.n_kv_head", self.n_kv_head)
+            _checks.divides("GPTConfig.n_kv_head", self.n_kv_head, "GPTConfig.n_head", self.n_head,
+                            "each key/value head serves an equal group of query heads")
+        _checks.dropout("GPTConfig.dropout", self.dropout)
+        _checks.boolean("GPTConfig.bias", self.bias)
+        _checks.number("GPTConfig.layer_norm_epsilon", self.layer_norm_epsilon, 0.0, 1.0, low_open=True,
+                       high_open=True)
 
     @property
     def n_positions(self) -> int:
         """GPT-2's name for ``block_size``."""
         return self.block_size
+
+    @property
+    def kv_heads(self) -> int:
+        """The number of key/value heads (``n_kv_head``, or ``n_head`` when that is ``None``)."""
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,8 +90,7 @@ class GPTConfig:
     @classmethod
     def from_dict(cls, values: dict) -> GPTConfig:
         """A config from :meth:`to_dict`'s output; unknown keys are an error."""
-        if not isinstance(values, dict):
-            raise TypeError(f"values must be a dict, got {type(values).__name__}")
+        _checks.instance("values", values, dict)
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown GPTConfig field(s) {sorted(unknown)}")
@@ -101,37 +110,58 @@ class GPTOutput(NamedTuple):
 
     logits: Tensor
     loss: Tensor | None = None
-    past_key_values: KVCache | None = None
+    past_key_values: PastKeyValues | None = None
     attentions: tuple[Tensor, ...] | None = None
+
+
+class _ConcatCache:
+    """Chapter 7's cache behind :mod:`transformer_book.kv_cache`'s protocol: each step concatenates
+    the new keys and values onto the old ones (a new, longer tensor every step)."""
+
+    def __init__(self, past: PastKeyValues | None, n_layer: int) -> None:
+        self.layers = list(past) if past is not None else [None] * n_layer
+        self.length = 0 if past is None else past[0][0].shape[2]
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.layers[layer] is not None:
+            k, v = torch.cat([self.layers[layer][0], k], dim=2), torch.cat([self.layers[layer][1], v], dim=2)
+        self.layers[layer] = (k, v)
+        return k, v
+
+    attention_mask = KVCache.attention_mask
+
+    @property
+    def device(self) -> torch.device:
+        return self.layers[0][0].device if self.layers[0] is not None else torch.device("cpu")
+
+    def advance(self, n_new: int) -> None:
+        self.length += n_new
 
 
 class Block(nn.Module):
     """One pre-LN decoder block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``.
 
-    ``x`` ``(B, T, C)``; ``mask`` boolean ``(T, T_past + T)`` (True = may attend);
-    ``past`` ``(k, v)`` each ``(B, H, T_past, D)`` or ``None``.
+    ``x`` ``(B, T, C)``; ``mask`` boolean ``(T, T_k)`` or ``None``; ``cache`` follows
+    :mod:`transformer_book.kv_cache`'s protocol (``None``: no cache, plain causal attention).
     """
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, layer: int = 0) -> None:
         super().__init__()
-        c = config
+        c, self.layer = config, layer
         self.ln_1 = LayerNorm(c.n_embd, eps=c.layer_norm_epsilon, bias=c.bias)
-        self.attn = MultiHeadAttention(c.n_embd, c.n_head, bias=c.bias, dropout=c.dropout, backend="torch")
+        self.attn = MultiHeadAttention(c.n_embd, c.n_head, c.n_kv_head, bias=c.bias, dropout=c.dropout,
+                                       backend="torch")
         self.ln_2 = LayerNorm(c.n_embd, eps=c.layer_norm_epsilon, bias=c.bias)
         self.mlp = FeedForward(c.n_embd, 4 * c.n_embd, activation="gelu_tanh", dropout=c.dropout, bias=c.bias)
         self.resid_dropout = nn.Dropout(c.dropout)
 
-    def forward(self, x: Tensor, mask: Tensor, past: tuple[Tensor, Tensor] | None = None,
-                need_weights: bool = False) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor | None]:
-        """Returns ``(x, (k, v), weights)``: the new stream, the keys/values of all positions so far."""
-        h = self.ln_1(x)
-        k, v = self.attn.project_kv(h)  # (B, H, T, D): this step's keys and values
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        a, weights = self.attn(h, mask=mask, kv=(k, v), need_weights=need_weights)
-        x = x + self.resid_dropout(a)
-        x = x + self.resid_dropout(self.mlp(self.ln_2(x)))
-        return x, (k, v), weights
+    def forward(self, x: Tensor, mask: Tensor | None = None, cache=None,
+                need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Returns ``(x, weights)``: the new stream ``(B, T, C)`` and the attention weights (or ``None``)."""
+        a, weights = self.attn.self_attend(self.ln_1(x), mask, cache, self.layer, need_weights)
+        x = x + self.resid_dropout(a)  # mix across positions
+        x = x + self.resid_dropout(self.mlp(self.ln_2(x)))  # transform each position
+        return x, weights
 
 
 class GPT(nn.Module):
@@ -143,13 +173,11 @@ class GPT(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        if not isinstance(config, GPTConfig):
-            raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
-        self.config = config
+        self.config = _checks.instance("config", config, GPTConfig)
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = LearnedPositionalEmbedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.h = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
         self.ln_f = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf, 2017): one matrix, two uses
@@ -185,22 +213,85 @@ class GPT(nn.Module):
             n -= self.wte.weight.numel() + self.wpe.weight.numel()
         return n
 
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """A static :class:`~transformer_book.kv_cache.KVCache` for this model (its dtype and device)."""
+        return KVCache.for_model(self, batch_size, max_len)
+
     # ---- forward -------------------------------------------------------------------------------
-    def _check_idx(self, idx: object, past_len: int) -> Tensor:
-        if not isinstance(idx, Tensor):
-            raise TypeError(f"idx must be a torch.Tensor of token ids (B, T), got {type(idx).__name__}")
-        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
-            raise TypeError(f"idx must hold integer token ids, got dtype {idx.dtype}")
-        if idx.dim() != 2 or idx.shape[0] < 1 or idx.shape[1] < 1:
-            raise ValueError(f"idx must have shape (B, T) with B >= 1 and T >= 1, got shape {tuple(idx.shape)}")
-        if int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size:
-            raise ValueError(f"idx holds ids in [{int(idx.min())}, {int(idx.max())}], outside the vocabulary "
-                             f"[0, vocab_size={self.config.vocab_size})")
-        if past_len + idx.shape[1] > self.config.block_size:
-            where = f"T={idx.shape[1]}" + (f" new tokens after {past_len} cached ones" if past_len else "")
+    def forward(
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        *,
+        cache: KVCache | None = None,
+        past_key_values: PastKeyValues | None = None,
+        use_cache: bool = False,
+        need_weights: bool = False,
+    ) -> GPTOutput:
+        """``idx`` ``(B, T)`` token ids -> :class:`GPTOutput` with ``logits`` ``(B, T, vocab_size)``.
+
+        ``targets`` ``(B, T)``: the ids to predict at each position (``idx`` shifted left by one;
+        ``-1`` = ignore); the loss is their mean cross-entropy (``0.0``, with a gradient, when
+        every target is ignored). Two kinds of cache let ``idx`` continue an earlier sequence,
+        its positions starting after the cached ones:
+
+        * ``cache``: a static :class:`~transformer_book.kv_cache.KVCache` (chapter 8), written in
+          place (``cache.length`` grows by ``T``);
+        * ``past_key_values`` / ``use_cache`` (chapter 7): the keys and values of the positions so
+          far come in as tensors and go out, longer by ``T``, in ``past_key_values``.
+        """
+        self._check_forward(idx, targets, cache, past_key_values, use_cache, need_weights)
+        if use_cache or past_key_values is not None:
+            cache = _ConcatCache(past_key_values, self.config.n_layer)
+        b, t = idx.shape
+        start = 0 if cache is None else cache.length
+        pos = torch.arange(start, start + t, device=idx.device)  # (T,) absolute positions
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        mask = None if cache is None else cache.attention_mask(t)  # None: causal, or one new token
+        attentions = []
+        for block in self.h:
+            x, weights = block(x, mask, cache, need_weights)
+            attentions.append(weights)
+        if cache is not None:
+            cache.advance(t)
+        logits = self.lm_head(self.ln_f(x))  # (B, T, V)
+        loss = None if targets is None else _lm_loss(logits, targets)
+        return GPTOutput(logits, loss, tuple(cache.layers) if use_cache else None,
+                         tuple(attentions) if need_weights else None)
+
+    def _check_forward(self, idx, targets, cache, past_key_values, use_cache, need_weights) -> None:
+        c = self.config
+        _checks.token_ids("idx", idx, c.vocab_size)
+        _checks.boolean("use_cache", use_cache)
+        _checks.boolean("need_weights", need_weights)
+        b, t = idx.shape
+        if cache is not None and (use_cache or past_key_values is not None):
+            raise ValueError("pass either cache= (chapter 8's static cache) or past_key_values/use_cache "
+                             "(chapter 7's), not both")
+        past_len = self._check_past(past_key_values, b)
+        if cache is not None:
+            if not all(hasattr(cache, n) for n in ("length", "check_step", "update", "attention_mask", "advance")):
+                raise TypeError(f"cache must follow transformer_book.kv_cache's protocol (a KVCache), got "
+                                f"{_checks.describe(cache)}")
+            past_len = cache.length
+            cache.check_step(t, b, self.wte.weight.dtype, self.wte.weight.device)
+            if getattr(cache, "n_layer", c.n_layer) != c.n_layer or getattr(cache, "shape", (0, c.kv_heads))[1] != c.kv_heads:
+                raise ValueError(f"the cache has {cache.n_layer} layers of {cache.shape[1]} key/value heads; the "
+                                 f"model has n_layer={c.n_layer}, n_kv_head={c.kv_heads}")
+        if past_len + t > c.block_size:
+            where = f"T={t}" + (f" new tokens after {past_len} cached ones" if past_len else "")
             raise ValueError(f"sequence too long: {where} exceeds the context window block_size="
-                             f"{self.config.block_size}; crop it to the last {self.config.block_size} tokens")
-        return idx
+                             f"{c.block_size}; crop it to the last {c.block_size} tokens")
+        if targets is not None:
+            _checks.tensor("targets", targets, 2, layout="(B, T)")
+            if targets.dtype not in _checks.ID_DTYPES:
+                raise TypeError(f"targets must hold integer token ids (torch.int64 or torch.int32, -1 = ignore), "
+                                f"got dtype {targets.dtype}")
+            _checks.shape_is("targets", targets, (b, t), layout="(B, T) of idx")
+            lo, hi = int(targets.min()), int(targets.max())
+            if lo < -1 or hi >= c.vocab_size:
+                raise ValueError(f"targets holds ids in [{lo}, {hi}]; expected ids in [0, vocab_size={c.vocab_size}) "
+                                 f"or -1 (ignore)")
 
     def _check_past(self, past: object, batch: int) -> int:
         """Validate ``past_key_values``; return the number of cached positions."""
@@ -210,56 +301,19 @@ class GPT(nn.Module):
         if not isinstance(past, (tuple, list)) or len(past) != c.n_layer:
             raise ValueError(f"past_key_values must be a sequence of n_layer={c.n_layer} (k, v) pairs, got "
                              f"{type(past).__name__} of length {len(past) if hasattr(past, '__len__') else '?'}")
-        k0 = past[0][0]
-        expected = (batch, c.n_head, k0.shape[2] if isinstance(k0, Tensor) and k0.dim() == 4 else -1,
+        k0 = past[0][0] if isinstance(past[0], (tuple, list)) and past[0] else None
+        expected = (batch, c.kv_heads, k0.shape[2] if isinstance(k0, Tensor) and k0.dim() == 4 else -1,
                     c.n_embd // c.n_head)
         for i, pair in enumerate(past):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise ValueError(f"past_key_values[{i}] must be a (k, v) pair, got {_checks.describe(pair)}")
             for j, t in enumerate(pair):
                 if not isinstance(t, Tensor) or tuple(t.shape) != expected:
                     shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-                    raise ValueError(f"past_key_values[{i}][{j}] must have shape (B={batch}, n_head={c.n_head}, "
+                    raise ValueError(f"past_key_values[{i}][{j}] must have shape (B={batch}, n_kv_head={c.kv_heads}, "
                                      f"T_past={expected[2]}, head_dim={expected[3]}), got {shape}")
+                _checks.same_dtype(**{f"past_key_values[{i}][{j}]": t, "the model's weights": self.wte.weight})
         return expected[2]
-
-    def forward(
-        self,
-        idx: Tensor,
-        targets: Tensor | None = None,
-        *,
-        past_key_values: KVCache | None = None,
-        use_cache: bool = False,
-        need_weights: bool = False,
-    ) -> GPTOutput:
-        """``idx`` ``(B, T)`` token ids -> :class:`GPTOutput` with ``logits`` ``(B, T, vocab_size)``.
-
-        ``targets`` ``(B, T)``: the ids to predict at each position (``idx`` shifted left by one;
-        ``-1`` = ignore); the loss is their mean cross-entropy. ``past_key_values`` (from an
-        earlier call with ``use_cache=True``) holds the keys and values of the positions before
-        ``idx``: ``idx`` then continues that sequence and its positions start after the cached ones.
-        """
-        past_len = self._check_past(past_key_values, idx.shape[0] if isinstance(idx, Tensor) and idx.dim() else -1)
-        idx = self._check_idx(idx, past_len)
-        b, t = idx.shape
-        positions = torch.arange(past_len, past_len + t, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(positions))  # (B, T, C)
-        # query i (absolute position past_len + i) may read keys 0 .. past_len + i
-        keys = torch.arange(past_len + t, device=idx.device)
-        mask = keys[None, :] <= positions[:, None]  # (T, T_past + T)
-        presents, attentions = [], []
-        for i, block in enumerate(self.h):
-            past = past_key_values[i] if past_key_values is not None else None
-            x, kv, weights = block(x, mask, past, need_weights)
-            presents.append(kv)
-            attentions.append(weights)
-        logits = self.lm_head(self.ln_f(x))  # (B, T, V)
-        loss = None
-        if targets is not None:
-            if not isinstance(targets, Tensor) or tuple(targets.shape) != (b, t):
-                shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
-                raise ValueError(f"targets must have the shape of idx (B={b}, T={t}), got {shape}")
-            loss = F.cross_entropy(logits.reshape(b * t, -1), targets.reshape(b * t).long(), ignore_index=-1)
-        return GPTOutput(logits, loss, tuple(presents) if use_cache else None,
-                         tuple(attentions) if need_weights else None)
 
     # ---- Hugging Face GPT-2 ------------------------------------------------------------------
     @staticmethod
@@ -345,3 +399,14 @@ class GPT(nn.Module):
         model = cls(cls.config_from_hf(hf_config))
         state = {k: v.detach().float().cpu() for k, v in hf_model.state_dict().items()}
         return model.load_hf_gpt2_state_dict(state).eval()
+
+
+def _lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy over the targets that are not ``-1``; ``0.0`` (with a gradient) when all are.
+
+    The same rule as :func:`transformer_book.train.label_smoothed_cross_entropy`: a batch with
+    nothing to predict contributes nothing, instead of the ``0 / 0 = NaN`` of a plain mean.
+    """
+    v = logits.shape[-1]
+    total = F.cross_entropy(logits.reshape(-1, v), targets.reshape(-1).long(), ignore_index=-1, reduction="sum")
+    return total / (targets != -1).sum().clamp(min=1)
