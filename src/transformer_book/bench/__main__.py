@@ -1,5 +1,9 @@
 """Command line: ``python -m transformer_book.bench flash [--quick] [--out PATH] [--sections ...]``.
 
+Other benchmarks (``decode``: chapter 8, ``speculative``: chapter 10) live in their own modules
+of this package, each with ``add_parser(subparsers)`` and ``run(args) -> exit status``; they are
+listed in :data:`EXTRA_BENCHMARKS`.
+
 Exit status: 0 when the run finished and the record was written; 2 when it could not run
 (no CUDA GPU, triton missing, bad arguments, a refused --merge), in which case nothing is written.
 
@@ -12,9 +16,13 @@ A full run takes longer than some machines allow one command; record it in parts
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from .flash import SECTIONS, NoGPUError, default_settings, run_flash_benchmark
+
+#: name -> module of this package with ``add_parser(subparsers)`` and ``run(args)``.
+EXTRA_BENCHMARKS = {"decode": "decode", "speculative": "speculative"}
 
 DEFAULT_OUT = {False: "book/data/flash_bench.json", True: "book/data/flash_bench_quick.json"}
 
@@ -31,11 +39,27 @@ def build_parser() -> argparse.ArgumentParser:
     flash.add_argument("--merge", action="store_true",
                        help="keep the sections already in --out (same GPU, same grid) and add/replace these: "
                             "record a long benchmark in several shorter runs")
+    for module in _extra_modules().values():
+        module.add_parser(sub)
     return parser
+
+
+def _extra_modules() -> dict:
+    found = {}
+    for name, module in EXTRA_BENCHMARKS.items():
+        try:
+            found[name] = importlib.import_module(f"{__package__}.{module}")
+        except ModuleNotFoundError as err:  # a benchmark not written yet
+            if err.name != f"{__package__}.{module}":
+                raise
+    return found
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    extra = _extra_modules()
+    if args.benchmark in extra:
+        return extra[args.benchmark].run(args)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     try:
         settings = default_settings(quick=args.quick, sections=sections)
