@@ -8,24 +8,28 @@
   al., 2016), padding ignored.
 * :func:`clip_gradients`: ``torch.nn.utils.clip_grad_norm_`` with a checked argument; it
   returns the norm *before* clipping, worth logging.
-* :func:`save_checkpoint` / :func:`load_checkpoint`: weights + the config that built them;
-  loading refuses a checkpoint made with another config (:class:`CheckpointConfigError`)
-  or a file that is not a checkpoint (:class:`CheckpointError`).
+* :func:`save_checkpoint` / :func:`load_checkpoint`: weights + the config that built them +
+  a checksum of the tensors; loading checks everything before it touches the model and refuses
+  a checkpoint made with another config (:class:`CheckpointConfigError`) or a file that is not
+  a sound checkpoint (:class:`CheckpointError`: missing, malformed, damaged, non-finite).
 * :class:`History`, :func:`train_loop`, :func:`plot_histories`: a small loop with a
   ``tqdm.auto`` progress bar that records losses and learning rates, and their plot.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from transformer_book import _checks
 
 __all__ = [
     "warmup_inverse_sqrt",
@@ -37,29 +41,13 @@ __all__ = [
     "CheckpointConfigError",
     "save_checkpoint",
     "load_checkpoint",
+    "tensor_checksum",
     "History",
     "train_loop",
     "plot_histories",
 ]
 
 _FORMAT = "transformer_book.checkpoint/1"
-
-
-# --------------------------------------------------------------------------- checks
-
-def _int_at_least(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
-
-
-def _number_in(name: str, value: object, low: float, high: float, *, low_open: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must be a number in {bracket}{low}, {high}], got {value!r}")
-    return float(value)
 
 
 # --------------------------------------------------------------------------- schedules
@@ -72,8 +60,12 @@ def warmup_inverse_sqrt(step: int, warmup: int) -> float:
     ``d_model^-0.5 * warmup^-0.5``. ``warmup=0`` means no warm-up (constant 1, then the
     decay starts at once: ``1/sqrt(s)``).
     """
-    _int_at_least("step", step, 0)
-    _int_at_least("warmup", warmup, 0)
+    step = _checks.integer("step", step, low=0)
+    warmup = _checks.integer("warmup", warmup, low=0)
+    return _inverse_sqrt(step, warmup)
+
+
+def _inverse_sqrt(step: int, warmup: int) -> float:
     s = step + 1
     if warmup == 0:
         return 1.0 / math.sqrt(s)
@@ -85,12 +77,20 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0) ->
 
     The schedule of most GPT training runs. After ``total`` steps it stays at ``min_ratio``.
     """
-    _int_at_least("step", step, 0)
-    _int_at_least("warmup", warmup, 0)
-    _int_at_least("total", total, 1)
+    step = _checks.integer("step", step, low=0)
+    warmup, total, min_ratio = _check_cosine(warmup, total, min_ratio)
+    return _cosine(step, warmup, total, min_ratio)
+
+
+def _check_cosine(warmup: object, total: object, min_ratio: object) -> tuple[int, int, float]:
+    warmup = _checks.integer("warmup", warmup, low=0)
+    total = _checks.positive_int("total", total)
     if warmup > total:
         raise ValueError(f"warmup={warmup} must be <= total={total} steps")
-    _number_in("min_ratio", min_ratio, 0.0, 1.0)
+    return warmup, total, _checks.probability("min_ratio", min_ratio)
+
+
+def _cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -100,19 +100,19 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0) ->
 def lr_lambda(kind: str, warmup: int, total: int | None = None, min_ratio: float = 0.0) -> Callable[[int], float]:
     """A ``step -> multiplier`` function for ``LambdaLR``: ``kind`` in ``"inverse_sqrt"``, ``"cosine"``, ``"constant"``.
 
-    ``"constant"`` with ``warmup > 0`` is a linear warm-up then a flat rate.
+    ``"constant"`` with ``warmup > 0`` is a linear warm-up then a flat rate. The arguments are
+    checked here, once; the returned function trusts the steps ``LambdaLR`` gives it.
     """
-    _int_at_least("warmup", warmup, 0)
+    kind = _checks.one_of("kind", kind, ("inverse_sqrt", "cosine", "constant"))
+    warmup = _checks.integer("warmup", warmup, low=0)
     if kind == "inverse_sqrt":
-        return lambda step: warmup_inverse_sqrt(step, warmup)
+        return lambda step: _inverse_sqrt(step, warmup)
     if kind == "cosine":
         if total is None:
             raise ValueError("total (the number of training steps) is needed for kind='cosine'")
-        warmup_cosine(0, warmup, total, min_ratio)  # check the arguments once, now
-        return lambda step: warmup_cosine(step, warmup, total, min_ratio)
-    if kind == "constant":
-        return lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
-    raise ValueError(f"kind must be one of ('inverse_sqrt', 'cosine', 'constant'), got {kind!r}")
+        warmup, total, min_ratio = _check_cosine(warmup, total, min_ratio)
+        return lambda step: _cosine(step, warmup, total, min_ratio)
+    return lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
 
 
 # --------------------------------------------------------------------------- loss
@@ -131,19 +131,21 @@ def label_smoothed_cross_entropy(logits: Tensor, targets: Tensor, smoothing: flo
     Equal to ``F.cross_entropy(logits, targets, label_smoothing=eps, ignore_index=...)``: the
     loss is ``(1 - eps) * NLL(target) + eps * mean_v(-log p_v)``. Smoothing stops the model
     from driving its logits towards infinity to reach probability 1 (Szegedy et al., 2016).
+
+    **A batch whose targets are all ignored has loss 0.0** (``F.cross_entropy`` gives NaN): a
+    zero that still hangs on ``logits`` (it has a ``grad_fn``), so ``backward()`` works and adds
+    nothing to the gradients. ``GPT.forward`` follows the same rule.
     """
-    if not isinstance(logits, Tensor) or not logits.is_floating_point():
-        raise TypeError(f"logits must be a floating-point tensor, got "
-                        f"{getattr(logits, 'dtype', type(logits).__name__)}")
-    if not isinstance(targets, Tensor) or targets.is_floating_point() or targets.dtype == torch.bool:
-        raise TypeError(f"targets must be an integer tensor of class ids, got "
-                        f"{getattr(targets, 'dtype', type(targets).__name__)}")
-    if logits.dim() < 2 or tuple(targets.shape) != tuple(logits.shape[:-1]):
+    logits = _checks.float_tensor("logits", logits, min_dim=2, layout="(N, V) or (B, T, V)")
+    targets = _checks.tensor("targets", targets)
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(f"targets must be an integer tensor of class ids, got dtype {targets.dtype}")
+    if tuple(targets.shape) != tuple(logits.shape[:-1]):
         raise ValueError(f"targets must have the shape of logits without its last (vocabulary) dimension: "
                          f"logits {tuple(logits.shape)}, targets {tuple(targets.shape)}")
-    _number_in("smoothing", smoothing, 0.0, 1.0)
-    if smoothing == 1.0:
-        raise ValueError("smoothing must be < 1 (at 1 the target ignores the right answer), got 1.0")
+    smoothing = _checks.number("smoothing", smoothing, 0.0, 1.0, high_open=True)
+    if ignore_index is not None:
+        ignore_index = _checks.integer("ignore_index", ignore_index)
     v = logits.shape[-1]
     logits, targets = logits.reshape(-1, v), targets.reshape(-1)
     keep = torch.ones_like(targets, dtype=torch.bool) if ignore_index is None else targets != ignore_index
@@ -151,14 +153,12 @@ def label_smoothed_cross_entropy(logits: Tensor, targets: Tensor, smoothing: flo
     if bool(bad.any()):
         raise ValueError(f"targets must lie in [0, {v - 1}] (or equal ignore_index={ignore_index}), got "
                          f"{targets[bad][:5].tolist()}")
-    log_p = torch.log_softmax(logits.float(), dim=-1)[keep]
-    t = targets[keep]
-    if t.numel() == 0:
-        # Every target is padding: F.cross_entropy returns NaN here; zero is what a sum over
-        # nothing should give, and it keeps training running.
-        return logits.sum() * 0.0
-    nll = -log_p.gather(1, t[:, None]).squeeze(1)
-    uniform = -log_p.mean(dim=-1)
+    if not bool(keep.any()):
+        return logits.sum() * 0.0  # every target ignored: the documented 0.0, with a grad_fn
+    log_p = torch.log_softmax(logits[keep].float(), dim=-1)  # (N_kept, V)
+    t = targets[keep].long()
+    nll = -log_p.gather(1, t[:, None]).squeeze(1)            # -log p(target)
+    uniform = -log_p.mean(dim=-1)                            # mean_v -log p_v
     return ((1.0 - smoothing) * nll + smoothing * uniform).mean().to(logits.dtype)
 
 
@@ -168,10 +168,14 @@ def clip_gradients(parameters: Iterable[nn.Parameter] | nn.Module, max_norm: flo
     A thin wrapper over ``torch.nn.utils.clip_grad_norm_`` (the well-tested one); returns the
     norm before clipping, as a float.
     """
-    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm > 0:
-        raise ValueError(f"max_norm must be a positive number, got {max_norm!r}")
+    max_norm = _checks.number("max_norm", max_norm, low=0.0, low_open=True)
     if isinstance(parameters, nn.Module):
         parameters = parameters.parameters()
+    elif isinstance(parameters, Tensor):
+        parameters = [parameters]
+    elif not isinstance(parameters, Iterable) or isinstance(parameters, (str, bytes)):
+        raise TypeError(f"parameters must be an nn.Module or an iterable of tensors, got "
+                        f"{_checks.describe(parameters)}")
     return float(nn.utils.clip_grad_norm_(parameters, max_norm))
 
 
@@ -197,28 +201,64 @@ def _plain(config: object) -> dict:
     return dict(config)
 
 
+def tensor_checksum(tree: object) -> str:
+    """SHA-256 (hex) over every tensor in a nested dict/list, in a fixed order.
+
+    Dict keys are visited sorted (as strings); each tensor contributes its path, dtype, shape
+    and raw bytes, so one flipped bit in any weight changes the sum. Non-tensor leaves
+    (numbers, strings, ``None``) contribute their ``repr``. Used by checkpoints and the model
+    cache to refuse damaged files.
+    """
+    h = hashlib.sha256()
+
+    def visit(path: str, node: object) -> None:
+        if isinstance(node, Tensor):
+            data = node.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{path}|{data.dtype}|{tuple(node.shape)}|".encode())
+            h.update(data.view(torch.uint8).numpy().tobytes())
+        elif isinstance(node, Mapping):
+            for key in sorted(node, key=str):
+                visit(f"{path}/{key}", node[key])
+        elif isinstance(node, (list, tuple)):
+            for i, item in enumerate(node):
+                visit(f"{path}[{i}]", item)
+        else:
+            h.update(f"{path}={node!r};".encode())
+
+    visit("", tree)
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: Mapping | Any,
                     optimizer: torch.optim.Optimizer | None = None, **extra: Any) -> None:
     """Save ``model``'s weights with the ``config`` that built it (and optionally the optimizer).
 
     ``extra`` keys (step, losses, the recipe, ...) are stored as they are and come back from
-    :func:`load_checkpoint`. The file is written to a temporary name and renamed, so a crash
-    never leaves half a checkpoint behind.
+    :func:`load_checkpoint`. The file carries a checksum of its tensors (weights and optimizer
+    state, :func:`tensor_checksum`), checked when it is loaded. It is written to a temporary
+    name and renamed, so a crash never leaves half a checkpoint behind (nor the temporary file).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    path = _checks.instance("path", path, (str, os.PathLike), "str or os.PathLike")
+    _checks.instance("model", model, nn.Module, "torch.nn.Module")
     config = _plain(config)
-    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
-    for key in ("format", "config", "model", "optimizer"):
+    if optimizer is not None:
+        _checks.instance("optimizer", optimizer, torch.optim.Optimizer, "torch.optim.Optimizer or None")
+    for key in _RESERVED:
         if key in extra:
             raise ValueError(f"extra key {key!r} is reserved by the checkpoint format")
-    state = {"format": _FORMAT, "config": config, "model": model.state_dict(),
-             "optimizer": optimizer.state_dict() if optimizer is not None else None, **extra}
+    tensors = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer is not None else None}
+    state = {"format": _FORMAT, "config": config, **tensors, "checksum": tensor_checksum(tensors), **extra}
     path = os.fspath(path)
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+_RESERVED = ("format", "config", "model", "optimizer", "checksum")
 
 
 def _config_diff(stored: Mapping, wanted: Mapping) -> list[str]:
@@ -230,23 +270,8 @@ def _config_diff(stored: Mapping, wanted: Mapping) -> list[str]:
     return lines
 
 
-def load_checkpoint(path: str | os.PathLike, model: nn.Module, config: Mapping | Any,
-                    optimizer: torch.optim.Optimizer | None = None) -> dict:
-    """Load a checkpoint written by :func:`save_checkpoint` into ``model`` (and ``optimizer``).
-
-    Refuses, before touching ``model``:
-
-    * a missing file, or one that is not a checkpoint of this format (:class:`CheckpointError`);
-    * a checkpoint whose stored config differs from ``config`` (:class:`CheckpointConfigError`,
-      naming every differing field with both values);
-    * weights that do not fit the model (missing/unexpected keys, other shapes).
-
-    Returns the checkpoint's dict (``"config"``, ``"model"``, ``"optimizer"`` and the extras).
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    config = _plain(config)
-    path = os.fspath(path)
+def _read_checkpoint(path: str) -> dict:
+    """The checkpoint's dict, its structure and checksum verified (:class:`CheckpointError` if not)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint file at {path!r}")
     try:
@@ -257,6 +282,68 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, config: Mapping |
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
         raise CheckpointError(f"{path!r} is not a transformer_book checkpoint (expected format {_FORMAT!r}, "
                               f"got {state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"checkpoint {path!r} is malformed: its config must be a dict, got "
+                              f"{_checks.describe(state.get('config'))}")
+    weights = state.get("model")
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, Tensor)
+                                                for k, v in weights.items()):
+        raise CheckpointError(f"checkpoint {path!r} is malformed: its model weights must be a dict of "
+                              f"name -> tensor, got {_checks.describe(weights)}")
+    opt = state.get("optimizer")
+    if opt is not None and not (isinstance(opt, dict) and isinstance(opt.get("state"), dict)
+                                and isinstance(opt.get("param_groups"), list)
+                                and all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                        for g in opt["param_groups"])):
+        raise CheckpointError(f"checkpoint {path!r} is malformed: its optimizer state must be None or a dict "
+                              f"with 'state' (dict) and 'param_groups' (list of dicts with 'params')")
+    # Files written before checksums existed have none; every newer file must match its own.
+    if "checksum" in state and state["checksum"] != tensor_checksum({"model": weights, "optimizer": opt}):
+        raise CheckpointError(f"checkpoint {path!r} is damaged: the checksum of its tensors does not match "
+                              "(a changed or flipped byte); it was not loaded")
+    for name, tree in (("model weight", weights), ("optimizer state", opt)):
+        for key, x in _tensors(tree):
+            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                raise CheckpointError(f"checkpoint {path!r} holds non-finite values in {name} {key!r}: "
+                                      "refused (a diverged run, or a damaged file)")
+    return state
+
+
+def _tensors(tree: object, path: str = "") -> Iterator[tuple[str, Tensor]]:
+    if isinstance(tree, Tensor):
+        yield path, tree
+    elif isinstance(tree, Mapping):
+        for k, v in tree.items():
+            yield from _tensors(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            yield from _tensors(v, f"{path}[{i}]")
+
+
+def load_checkpoint(path: str | os.PathLike, model: nn.Module, config: Mapping | Any,
+                    optimizer: torch.optim.Optimizer | None = None) -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint` into ``model`` (and ``optimizer``).
+
+    Everything is checked *before* ``model`` or ``optimizer`` is touched; any refusal is a
+    :class:`CheckpointError` (a ``ValueError``):
+
+    * a missing file, one that is not a checkpoint of this format, or a malformed one (keys
+      missing, wrong types);
+    * a checksum that does not match the tensors (a damaged file), or non-finite weights;
+    * a stored config that differs from ``config`` (:class:`CheckpointConfigError`, naming
+      every differing field with both values);
+    * weights that do not fit the model (missing/unexpected keys, other shapes or dtypes);
+    * with an ``optimizer``: no optimizer state, or one that does not fit it (other number of
+      parameter groups or parameters, other state shapes).
+
+    Returns the checkpoint's dict (``"config"``, ``"model"``, ``"optimizer"`` and the extras).
+    """
+    path = os.fspath(_checks.instance("path", path, (str, os.PathLike), "str or os.PathLike"))
+    _checks.instance("model", model, nn.Module, "torch.nn.Module")
+    config = _plain(config)
+    if optimizer is not None:
+        _checks.instance("optimizer", optimizer, torch.optim.Optimizer, "torch.optim.Optimizer or None")
+    state = _read_checkpoint(path)
     diff = _config_diff(state["config"], config)
     if diff:
         raise CheckpointConfigError(f"checkpoint {path!r} was made with a different config:\n  " + "\n  ".join(diff))
@@ -264,15 +351,47 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, config: Mapping |
     missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
     shapes = [f"{k}: checkpoint {tuple(weights[k].shape)}, model {tuple(own[k].shape)}"
               for k in own if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)]
+    shapes += [f"{k}: checkpoint dtype {weights[k].dtype}, model {own[k].dtype}"
+               for k in own if k in weights and weights[k].is_floating_point() != own[k].is_floating_point()]
     if missing or unexpected or shapes:
         raise CheckpointError(f"checkpoint {path!r} does not fit the model: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}")
-    model.load_state_dict(weights)
     if optimizer is not None:
-        if state.get("optimizer") is None:
-            raise CheckpointError(f"checkpoint {path!r} has no optimizer state to load")
-        optimizer.load_state_dict(state["optimizer"])
+        _check_optimizer_state(path, state.get("optimizer"), optimizer)
+    # Everything checked: load both; if torch still refuses, put the model back as it was.
+    backup = {k: v.detach().clone() for k, v in own.items()}
+    opt_backup = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
+    try:
+        model.load_state_dict(weights)
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+    except Exception as exc:
+        model.load_state_dict(backup)
+        if optimizer is not None:
+            optimizer.load_state_dict(opt_backup)
+        raise CheckpointError(f"checkpoint {path!r} could not be loaded ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}); the model and optimizer are unchanged") from exc
     return state
+
+
+def _check_optimizer_state(path: str, stored: dict | None, optimizer: torch.optim.Optimizer) -> None:
+    if stored is None:
+        raise CheckpointError(f"checkpoint {path!r} has no optimizer state to load")
+    groups, own = stored["param_groups"], optimizer.param_groups
+    sizes, own_sizes = [len(g["params"]) for g in groups], [len(g["params"]) for g in own]
+    if sizes != own_sizes:
+        raise CheckpointError(f"checkpoint {path!r}: its optimizer state has parameter groups of sizes {sizes}, "
+                              f"the optimizer has {own_sizes}")
+    ids = [i for g in groups for i in g["params"]]
+    params = dict(zip(ids, (p for g in own for p in g["params"])))
+    for key, entry in stored["state"].items():
+        if key not in params or not isinstance(entry, dict):
+            raise CheckpointError(f"checkpoint {path!r}: optimizer state for unknown parameter {key!r}")
+        p = params[key]
+        for name, value in entry.items():
+            if isinstance(value, Tensor) and value.dim() > 0 and tuple(value.shape) != tuple(p.shape):
+                raise CheckpointError(f"checkpoint {path!r}: optimizer state {name!r} of parameter {key} has shape "
+                                      f"{tuple(value.shape)}, the parameter {tuple(p.shape)}")
 
 
 # --------------------------------------------------------------------------- training loop
@@ -290,7 +409,7 @@ class History:
 
     def smoothed(self, window: int = 20) -> list[float]:
         """Running mean of the loss over the last ``window`` steps (for plotting)."""
-        _int_at_least("window", window, 1)
+        window = _checks.positive_int("window", window)
         out, total = [], 0.0
         for i, x in enumerate(self.loss):
             total += x
@@ -305,6 +424,10 @@ class History:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> History:
+        _checks.instance("d", d, Mapping, "dict (from History.to_dict)")
+        for key in ("steps", "loss"):
+            if key not in d:
+                raise ValueError(f"d must hold {key!r} (a dict from History.to_dict), got keys {sorted(d, key=str)}")
         return cls(name=d.get("name", ""), steps=list(d["steps"]), loss=list(d["loss"]), lr=list(d.get("lr", [])),
                    grad_norm=list(d.get("grad_norm", [])),
                    evals={k: [tuple(x) for x in v] for k, v in d.get("evals", {}).items()})
@@ -336,19 +459,30 @@ def train_loop(
             the model is put in ``eval()`` mode for it and back in ``train()`` after.
         history: a history to continue (e.g. after loading a checkpoint).
 
-    A non-finite loss stops training with a ``FloatingPointError`` that names the step, rather
-    than silently filling the weights with NaNs.
+    A non-finite loss, or a non-finite gradient norm, stops training with a
+    ``FloatingPointError`` that names the step *before* ``optimizer.step()``: the weights are
+    left as they were after the last good step, never filled with NaNs. ``History.grad_norm``
+    holds the norm before clipping (also when ``clip`` is ``None``).
     """
     from tqdm.auto import tqdm
 
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    _int_at_least("steps", steps, 1)
-    _int_at_least("eval_every", eval_every, 0)
+    _checks.instance("model", model, nn.Module, "torch.nn.Module")
+    if not (callable(batches) or isinstance(batches, Iterable)) or isinstance(batches, (str, bytes)):
+        raise TypeError(f"batches must be an iterable of batches or a function step -> batch, got "
+                        f"{_checks.describe(batches)}")
+    if isinstance(batches, Sized) and not callable(batches) and len(batches) == 0:
+        raise ValueError("batches must hold at least one batch, got an empty one")
     if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable (model, batch) -> loss, got {type(loss_fn).__name__}")
+        raise TypeError(f"loss_fn must be callable (model, batch) -> loss, got {_checks.describe(loss_fn)}")
+    _checks.instance("optimizer", optimizer, torch.optim.Optimizer, "torch.optim.Optimizer")
+    steps = _checks.positive_int("steps", steps)
+    max_norm = float("inf") if clip is None else _checks.number("clip", clip, low=0.0, low_open=True)
+    if evaluate is not None and not callable(evaluate):
+        raise TypeError(f"evaluate must be callable model -> {{name: value}} or None, got {_checks.describe(evaluate)}")
+    eval_every = _checks.integer("eval_every", eval_every, low=0)
+    if history is not None:
+        _checks.instance("history", history, History, "History or None")
+    progress = _checks.boolean("progress", progress)
     history = history if history is not None else History(name=desc)
     start = history.steps[-1] + 1 if history.steps else 0
 
@@ -385,7 +519,12 @@ def train_loop(
                                      "(try a lower learning rate, a warm-up, or pre-LN)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norm = clip_gradients(model, clip) if clip is not None else float("nan")
+        norm = float(nn.utils.clip_grad_norm_(model.parameters(), max_norm))  # the norm before clipping
+        if not math.isfinite(norm):
+            optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(f"gradient norm is {norm} at step {step} (the loss was {loss.item():.4g}): "
+                                     "training stopped before optimizer.step(), the weights are unchanged "
+                                     "(try a lower learning rate, clipping, or a warm-up)")
         optimizer.step()
         history.steps.append(step)
         history.loss.append(loss.item())
@@ -408,9 +547,15 @@ def plot_histories(histories: Iterable[History], *, smooth: int = 20, ax=None, l
     """Plot each history's (smoothed) training loss against the step on one axis; returns the axis."""
     import matplotlib.pyplot as plt
 
+    if not isinstance(histories, Iterable):
+        raise TypeError(f"histories must be a non-empty list of History objects, got {_checks.describe(histories)}")
     histories = list(histories)
-    if not histories or not all(isinstance(h, History) for h in histories):
-        raise TypeError("histories must be a non-empty list of History objects")
+    if not all(isinstance(h, History) for h in histories):
+        raise TypeError("histories must be a non-empty list of History objects, got "
+                        + ", ".join(type(h).__name__ for h in histories))
+    if not histories:
+        raise ValueError("histories must be a non-empty list of History objects, got an empty list")
+    smooth = _checks.positive_int("smooth", smooth)
     if ax is None:
         _, ax = plt.subplots(figsize=(6.4, 3.6))
     for h in histories:
