@@ -160,3 +160,68 @@ def test_bad_arguments(tmp_path):
 def test_describe():
     assert "loaded from the cache" in model_cache.describe({"from_cache": True, "cache_path": "/x/y.pt"})
     assert "trained in 3 s" in model_cache.describe({"from_cache": False, "build_seconds": 3.2, "cache_path": "/x"})
+
+
+# --------------------------------------------------------------------------- issue 10: any corrupt entry is rebuilt
+def _tamper(tmp_path, mutate):
+    path = entry_path("tiny", RECIPE, 0, tmp_path)
+    state = torch.load(path, weights_only=True)
+    mutate(state)
+    torch.save(state, path)
+
+
+def _flip_a_bit(state):
+    state["model"]["lm_head.weight"].view(torch.int32)[0, 0] ^= 1 << 2
+
+
+def _nan_weights_resummed(state):  # NaN weights in a file whose checksum is consistent
+    from transformer_book.train import tensor_checksum
+    state["model"]["lm_head.weight"].fill_(float("nan"))
+    state["checksum"] = tensor_checksum({k: v for k, v in state.items() if k != "checksum"})
+
+
+@pytest.mark.parametrize("label, mutate", [
+    ("missing model key", lambda s: s.pop("model")),
+    ("config of wrong types", lambda s: s.__setitem__("config", {"vocab_size": "20"})),
+    ("absurd config", lambda s: s["config"].__setitem__("n_layer", 10 ** 6)),
+    ("config not a dict", lambda s: s.__setitem__("config", [1])),
+    ("info not a dict", lambda s: s.__setitem__("info", [1])),
+    ("NaN weights", lambda s: s["model"]["lm_head.weight"].fill_(float("nan"))),
+    ("NaN weights, checksum redone", _nan_weights_resummed),
+    ("a flipped bit", _flip_a_bit),
+])
+def test_any_corrupt_entry_is_rebuilt_never_served(tmp_path, capsys, label, mutate):
+    builder = Builder()
+    first, _ = _get(tmp_path, builder)
+    _tamper(tmp_path, mutate)
+    capsys.readouterr()
+    model, info = _get(tmp_path, builder)
+    assert builder.calls == 2 and not info["from_cache"]
+    assert "rebuilding it" in capsys.readouterr().out
+    for a, b in zip(first.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)  # the rebuilt model, not the damaged one
+    _, info = _get(tmp_path, builder)
+    assert info["from_cache"] and builder.calls == 2
+
+
+def test_a_failed_save_after_training_returns_the_model_and_leaves_no_temporary(tmp_path, monkeypatch, capsys):
+    def fail(obj, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"PK\x03\x04 half a file")
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(torch, "save", fail)
+    builder = Builder()
+    model, info = _get(tmp_path, builder)
+    assert isinstance(model, GPT) and builder.calls == 1 and info["cache_path"] is None
+    assert "could not save" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cached_model_flags_are_checked(tmp_path):
+    with pytest.raises(TypeError, match="rebuild must be a bool"):
+        _get(tmp_path, Builder(), rebuild=1)
+    with pytest.raises(TypeError, match="make_model must be callable"):
+        cached_model(RECIPE, 0, Builder(), None, root=tmp_path)
+    with pytest.raises(TypeError, match="root must be"):
+        entry_path("tiny", RECIPE, 0, 3)

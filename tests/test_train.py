@@ -265,11 +265,13 @@ def _saved(tmp_path, mutate=None, optimizer=False):
     ("a weight not a tensor", lambda s: s["model"].__setitem__("0.weight", 3)),
 ])
 def test_malformed_checkpoint_is_a_checkpoint_error(tmp_path, label, mutate):
-    path = _saved(tmp_path, mutate)
     target = _model(width=4)
     before = [p.clone() for p in target.parameters()]
-    with pytest.raises(CheckpointError, match="malformed"):
-        load_checkpoint(path, target, {"width": 4})
+    with pytest.raises(CheckpointError, match="is damaged: the checksum"):
+        load_checkpoint(_saved(tmp_path, mutate), target, {"width": 4})
+    # Without a checksum (an old-style file), the structure checks refuse it.
+    with pytest.raises(CheckpointError, match="is malformed: its"):
+        load_checkpoint(_saved(tmp_path, lambda s: (mutate(s), s.pop("checksum"))), target, {"width": 4})
     assert all(torch.equal(a, b) for a, b in zip(before, target.parameters()))
 
 
@@ -283,7 +285,7 @@ def test_checkpoint_checksum_refuses_a_flipped_bit_and_non_finite_weights(tmp_pa
     def nan_weights_new_sum(state):  # a consistent file whose weights are NaN (a diverged run)
         from transformer_book.train import tensor_checksum
         state["model"]["2.bias"].fill_(float("nan"))
-        state["checksum"] = tensor_checksum({"model": state["model"], "optimizer": state["optimizer"]})
+        state["checksum"] = tensor_checksum({k: v for k, v in state.items() if k != "checksum"})
 
     target = _model()
     before = [p.clone() for p in target.parameters()]
@@ -298,6 +300,7 @@ def test_checkpoint_optimizer_state_checked_before_anything_is_loaded(tmp_path):
         state.pop("checksum")  # an old-style file: only the structure can tell
 
     for mutate, match in ((broken, "malformed: its optimizer state"),
+                          (lambda s: s["optimizer"].__setitem__("param_groups", "broken"), "checksum"),
                           (lambda s: (s["optimizer"]["param_groups"][0]["params"].pop(), s.pop("checksum")),
                            "parameter groups of sizes")):
         path = _saved(tmp_path, mutate, optimizer=True)

@@ -10,13 +10,17 @@ named by a hash of both, in a per-user directory:
 
 :func:`cached_model` loads the entry if it is there and sound; otherwise it calls the build
 function (training), saves the result and returns it. An entry that cannot be read (a corrupt
-file) or that was made from another recipe (stale) is reported and rebuilt, never trusted.
+file), whose checksum does not match its contents (a flipped bit), that holds non-finite
+weights, misses keys, has values of the wrong types or a config the model cannot be built from,
+or that was made from another recipe (stale) is reported and rebuilt, never served.
 Checkpoints are written by :func:`transformer_book.train.save_checkpoint`, which writes to a
-temporary file and renames it: an interrupted save leaves no half-written entry behind.
+temporary file and renames it: an interrupted save leaves no half-written entry behind, and a
+save that fails after training still returns the trained model (uncached).
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -25,10 +29,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from transformer_book.train import CheckpointError, load_checkpoint, save_checkpoint
+from transformer_book import _checks
+from transformer_book.train import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 
 __all__ = ["cache_root", "recipe_key", "entry_path", "cached_model", "clear_entry", "describe"]
 
@@ -44,10 +48,8 @@ def cache_root() -> Path:
 
 
 def _canonical(recipe: object, seed: object) -> str:
-    if not isinstance(recipe, Mapping):
-        raise TypeError(f"recipe must be a dict, got {type(recipe).__name__}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+    _checks.instance("recipe", recipe, Mapping, "dict")
+    _checks.integer("seed", seed)
     try:
         return json.dumps({"recipe": recipe, "seed": seed}, sort_keys=True, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
@@ -61,8 +63,11 @@ def recipe_key(recipe: Mapping, seed: int) -> str:
 
 def entry_path(name: str, recipe: Mapping, seed: int, root: str | os.PathLike | None = None) -> Path:
     """Where the entry of ``(recipe, seed)`` lives: ``<root>/<name>-<key>.pt``."""
-    if not isinstance(name, str) or not name or any(c in name for c in "/\\") or name.startswith("."):
+    _checks.instance("name", name, str)
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
         raise ValueError(f"name must be a non-empty file-name-safe str, got {name!r}")
+    if root is not None:
+        _checks.instance("root", root, (str, os.PathLike), "str, os.PathLike or None")
     root = cache_root() if root is None else Path(root)
     return root / f"{name}-{recipe_key(recipe, seed)}.pt"
 
@@ -78,22 +83,27 @@ def _try_load(path: Path, recipe: Mapping, seed: int, make_model: Callable[[dict
     if not path.exists():
         _say(verbose, f"no entry at {path}: building it")
         return None
-    try:
-        peek = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(peek, dict) or not isinstance(peek.get("config"), dict):
-            raise CheckpointError("no model config in the file")
-    except Exception as exc:  # torch/zip/pickle errors: the file is not a readable checkpoint
-        _say(verbose, f"corrupt entry {path.name} ({type(exc).__name__}: {str(exc)[:120]}): rebuilding it")
+    try:  # the structure, the checksum and finite weights: read_checkpoint checks them all
+        peek = read_checkpoint(path)
+    except CheckpointError as exc:
+        _say(verbose, f"corrupt entry {path.name} ({str(exc)[:160]}): rebuilding it")
         return None
     stored = {"recipe": peek.get("recipe"), "seed": peek.get("seed")}
-    if json.loads(_canonical(recipe, seed)) != json.loads(json.dumps(stored, sort_keys=True)):
+    try:
+        same = json.loads(_canonical(recipe, seed)) == json.loads(json.dumps(stored, sort_keys=True))
+    except (TypeError, ValueError):
+        same = False
+    if not same:
         _say(verbose, f"stale entry {path.name} (made from another recipe or seed): rebuilding it")
         return None
-    try:
+    if not isinstance(peek.get("info", {}), dict):
+        _say(verbose, f"corrupt entry {path.name} (its info is not a dict): rebuilding it")
+        return None
+    try:  # the config is data from a file: whatever make_model raises on it means "unusable"
         model = make_model(dict(peek["config"]))
         state = load_checkpoint(path, model, peek["config"])
-    except (CheckpointError, TypeError, ValueError) as exc:
-        _say(verbose, f"unusable entry {path.name} ({exc}): rebuilding it")
+    except Exception as exc:  # noqa: BLE001
+        _say(verbose, f"unusable entry {path.name} ({type(exc).__name__}: {str(exc)[:160]}): rebuilding it")
         return None
     info = dict(state.get("info") or {})
     info.update(cache_path=str(path), from_cache=True)
@@ -128,8 +138,11 @@ def cached_model(
     (``None`` if the directory could not be written: the model is then returned uncached),
     ``from_cache`` and (when built) ``build_seconds``.
     """
-    if not callable(build_fn) or not callable(make_model):
-        raise TypeError("build_fn and make_model must be callable")
+    for arg, f in (("build_fn", build_fn), ("make_model", make_model)):
+        if not callable(f):
+            raise TypeError(f"{arg} must be callable, got {_checks.describe(f)}")
+    rebuild = _checks.boolean("rebuild", rebuild)
+    verbose = _checks.boolean("verbose", verbose)
     path = entry_path(name, recipe, seed, root)
     if not rebuild:
         found = _try_load(path, recipe, seed, make_model, verbose)
@@ -147,7 +160,9 @@ def cached_model(
         path.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(path, model, config, recipe=json.loads(_canonical(recipe, seed))["recipe"], seed=seed,
                         key=recipe_key(recipe, seed), info=info)
-    except OSError as exc:  # a read-only or full disk: the model is still good, only not cached
+    except Exception as exc:  # noqa: BLE001 - a read-only or full disk: the model is good, only not cached
+        for leftover in path.parent.glob(glob.escape(path.name) + ".tmp*") if path.parent.is_dir() else ():
+            leftover.unlink(missing_ok=True)
         _say(verbose, f"could not save to {path.parent} ({type(exc).__name__}: {exc}); the model is not cached")
         return model.eval(), dict(info, cache_path=None, from_cache=False)
     _say(verbose, f"saved {path.name} to {path.parent}")

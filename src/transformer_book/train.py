@@ -41,6 +41,7 @@ __all__ = [
     "CheckpointConfigError",
     "save_checkpoint",
     "load_checkpoint",
+    "read_checkpoint",
     "tensor_checksum",
     "History",
     "train_loop",
@@ -234,8 +235,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: Mapping |
     """Save ``model``'s weights with the ``config`` that built it (and optionally the optimizer).
 
     ``extra`` keys (step, losses, the recipe, ...) are stored as they are and come back from
-    :func:`load_checkpoint`. The file carries a checksum of its tensors (weights and optimizer
-    state, :func:`tensor_checksum`), checked when it is loaded. It is written to a temporary
+    :func:`load_checkpoint`. The file carries a checksum of its tensors and values (weights,
+    optimizer state, config, extras: :func:`tensor_checksum`), checked when it is read. It is written to a temporary
     name and renamed, so a crash never leaves half a checkpoint behind (nor the temporary file).
     """
     path = _checks.instance("path", path, (str, os.PathLike), "str or os.PathLike")
@@ -246,8 +247,9 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: Mapping |
     for key in _RESERVED:
         if key in extra:
             raise ValueError(f"extra key {key!r} is reserved by the checkpoint format")
-    tensors = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer is not None else None}
-    state = {"format": _FORMAT, "config": config, **tensors, "checksum": tensor_checksum(tensors), **extra}
+    state = {"format": _FORMAT, "config": config, "model": model.state_dict(),
+             "optimizer": optimizer.state_dict() if optimizer is not None else None, **extra}
+    state["checksum"] = tensor_checksum(state)
     path = os.fspath(path)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
@@ -270,8 +272,16 @@ def _config_diff(stored: Mapping, wanted: Mapping) -> list[str]:
     return lines
 
 
-def _read_checkpoint(path: str) -> dict:
-    """The checkpoint's dict, its structure and checksum verified (:class:`CheckpointError` if not)."""
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The dict of a checkpoint file, verified but loaded into nothing.
+
+    Checks that the file is a checkpoint of this format with a dict config, a dict of weight
+    tensors and a well-formed (or no) optimizer state, that its checksum matches (files from
+    before checksums have none) and that no weight or optimizer tensor is NaN or infinite;
+    any failure is a :class:`CheckpointError`. The model cache reads an entry's config with it
+    before building a model from that config.
+    """
+    path = os.fspath(_checks.instance("path", path, (str, os.PathLike), "str or os.PathLike"))
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint file at {path!r}")
     try:
@@ -282,6 +292,10 @@ def _read_checkpoint(path: str) -> dict:
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
         raise CheckpointError(f"{path!r} is not a transformer_book checkpoint (expected format {_FORMAT!r}, "
                               f"got {state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
+    # Files written before checksums existed have none; every newer file must match its own.
+    if "checksum" in state and state["checksum"] != tensor_checksum({k: v for k, v in state.items() if k != "checksum"}):
+        raise CheckpointError(f"checkpoint {path!r} is damaged: the checksum of its tensors does not match "
+                              "(a changed or flipped byte); it was not loaded")
     if not isinstance(state.get("config"), dict):
         raise CheckpointError(f"checkpoint {path!r} is malformed: its config must be a dict, got "
                               f"{_checks.describe(state.get('config'))}")
@@ -297,10 +311,6 @@ def _read_checkpoint(path: str) -> dict:
                                         for g in opt["param_groups"])):
         raise CheckpointError(f"checkpoint {path!r} is malformed: its optimizer state must be None or a dict "
                               f"with 'state' (dict) and 'param_groups' (list of dicts with 'params')")
-    # Files written before checksums existed have none; every newer file must match its own.
-    if "checksum" in state and state["checksum"] != tensor_checksum({"model": weights, "optimizer": opt}):
-        raise CheckpointError(f"checkpoint {path!r} is damaged: the checksum of its tensors does not match "
-                              "(a changed or flipped byte); it was not loaded")
     for name, tree in (("model weight", weights), ("optimizer state", opt)):
         for key, x in _tensors(tree):
             if x.is_floating_point() and not bool(torch.isfinite(x).all()):
@@ -343,7 +353,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, config: Mapping |
     config = _plain(config)
     if optimizer is not None:
         _checks.instance("optimizer", optimizer, torch.optim.Optimizer, "torch.optim.Optimizer or None")
-    state = _read_checkpoint(path)
+    state = read_checkpoint(path)
     diff = _config_diff(state["config"], config)
     if diff:
         raise CheckpointConfigError(f"checkpoint {path!r} was made with a different config:\n  " + "\n  ".join(diff))
