@@ -9,6 +9,14 @@ set -euo pipefail
 # Pages that embed bertviz views point them at the JavaScript the site serves itself.
 export TRANSFORMER_BOOK_JS_ROOT="../_static/vendor"
 export MPLBACKEND=module://matplotlib_inline.backend_inline
+# Interactive views are precomputed over a grid of control values and switched by the site's
+# own script (transformer_book.viz.widgets): a web page has no kernel behind it.
+export TRANSFORMER_BOOK_WEBSITE=1
+# Figures as SVG (sharp on any screen): the notebooks' kernels read this IPython profile.
+export IPYTHONDIR="$PWD/_build/ipython"
+mkdir -p "$IPYTHONDIR/profile_default"
+echo 'c.InlineBackend.figure_formats = {"svg"}' \
+    > "$IPYTHONDIR/profile_default/ipython_kernel_config.py"
 start=$(date +%s)
 jupyter-book build . --builder html -W -n --keep-going "$@"
 echo "[build] website in _build/html/index.html ($(( $(date +%s) - start )) s)"

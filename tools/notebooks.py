@@ -19,6 +19,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Code cells stay within this many columns (the website shows 88 without scrolling).
+MAX_COLUMNS = 88
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 SETUP_TAG = "setup"
 ALLOWED_TAGS = {
@@ -51,20 +53,25 @@ def badge_line(notebook: Path) -> str:
 def setup_source() -> str:
     url, branch = repository()
     return (
-        "# Set-up: inside Colab, fetch the book and install its package; anywhere else this cell does\n"
-        "# nothing (locally, `bash tools/build.sh` or `bash tools/test.sh` made the environment already).\n"
+        "# Set-up: inside Colab, fetch the book and install its package; anywhere else this\n"
+        "# cell does nothing (locally, `bash tools/build.sh` or `bash tools/test.sh` made the\n"
+        "# environment already).\n"
         "import sys\n"
         "\n"
         'if "google.colab" in sys.modules:\n'
         "    import os\n"
         "    import subprocess\n"
         "\n"
+        "    repository = (\n"
+        f'        "{url}"\n'
+        "    )\n"
         '    book = "/content/transformers-piece-by-piece"\n'
         "    if not os.path.isdir(book):\n"
-        f'        subprocess.run(["git", "clone", "--quiet", "--depth", "1", "--branch", "{branch}",\n'
-        f'                        "{url}", book], check=True)\n'
-        '    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", f"{book}[reference]"], check=True)\n'
-        "    # Work from chapters/ as in a clone: chapters load recorded data from ../book/data.\n"
+        '        subprocess.run(["git", "clone", "--quiet", "--depth", "1",\n'
+        f'                        "--branch", "{branch}", repository, book], check=True)\n'
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",\n'
+        '                    f"{book}[reference]"], check=True)\n'
+        "    # Work in chapters/ as in a clone: chapters load recorded data from ../book/data.\n"
         '    os.chdir(f"{book}/chapters")'
     )
 
@@ -79,6 +86,8 @@ def _load(path: Path) -> dict:
 
 
 def _save(path: Path, nb: dict) -> None:
+    for cell in nb["cells"]:  # sources as lists of lines, as Jupyter writes them (small diffs)
+        cell["source"] = _source(cell).splitlines(keepends=True)
     path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -168,6 +177,11 @@ def problems(path: Path) -> list[str]:
                 out.append(f"{where}: cell {i} has committed outputs; run tools/notebooks.py strip")
             if cell.get("execution_count") is not None:
                 out.append(f"{where}: cell {i} has an execution count; run tools/notebooks.py strip")
+            wide = [n for n, line in enumerate(_source(cell).splitlines(), 1)
+                    if len(line) > MAX_COLUMNS]
+            if wide:
+                out.append(f"{where}: cell {i} has {len(wide)} line(s) over {MAX_COLUMNS} "
+                           f"columns (line {wide[0]}: {len(_source(cell).splitlines()[wide[0] - 1])})")
             if "pip install" in _source(cell) and i != 1:
                 out.append(f"{where}: cell {i} installs packages; only the set-up cell may")
         elif "attachments" in cell and cell["attachments"]:

@@ -1,8 +1,9 @@
 """Pictures of positions: sinusoidal tables as heatmaps, RoPE as a turning arrow; figures + slider widgets.
 
-Each ``*_figure`` function draws one matplotlib figure for fixed values (the static twin that
-the website shows); each ``*_widget`` function puts sliders in front of the same function
-(live in Jupyter/Colab). Only ipywidgets features present in 7.7 (Colab) and 8 are used.
+Each ``*_figure`` function draws one matplotlib figure for fixed values; each ``*_widget``
+function puts sliders in front of the same function: live in Jupyter/Colab (only ipywidgets
+features present in 7.7 and 8), and on the website a grid of figures drawn at build time
+behind the same sliders (:func:`transformer_book.viz.widgets.precomputed_views`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,12 @@ import math
 import torch
 
 from transformer_book.positional import apply_rope, rope_angles, sinusoidal_encoding
+from transformer_book.viz.widgets import figure_html, on_website, precomputed_views
+
+#: The grids the website shows (each must contain the widgets' defaults).
+SINUSOIDAL_GRID = {"d_model": (16, 32, 64, 128), "base": (100.0, 10000.0),
+                   "position": (5, 20, 60)}
+ROPE_GRID = {"position": (0, 1, 2, 5, 10, 20, 40, 64), "pair": (0, 1, 3, 7)}
 
 __all__ = ["rope_figure", "rope_widget", "sinusoidal_figure", "sinusoidal_widget"]
 
@@ -73,6 +80,20 @@ def sinusoidal_widget(n_positions: int = 100, d_model: int = 64, base: float = 1
     def figure(d_model, base, position):
         return sinusoidal_figure(n_positions, d_model, base, position)
 
+    if on_website():
+        def view(d_model, base, position):
+            alt = (f"Left: heatmap of the sinusoidal encoding, {n_positions} positions by "
+                   f"{d_model} dimensions, base {base:g}, stripes that widen from left to right; "
+                   f"right: the dot product of position {position} with every position, "
+                   f"peaking at {position}.")
+            return figure_html(figure(d_model, base, position), alt)
+
+        defaults = {"d_model": d_model, "base": base, "position": position}
+        grid = {k: sorted(set(v) | {defaults[k]}) for k, v in SINUSOIDAL_GRID.items()}
+        grid["position"] = [p for p in grid["position"] if p < n_positions]
+        return precomputed_views(view, grid, default={"d_model": d_model, "base": base,
+                                                      "position": position},
+                                 sliders=list(grid))
     sliders = {
         "d_model": widgets.IntSlider(value=d_model, min=4, max=128, step=2, description="d_model", style=style),
         "base": widgets.FloatLogSlider(value=base, base=10, min=1, max=5, step=0.25, description="base", style=style),
@@ -124,6 +145,17 @@ def rope_widget(position: int = 5, pair: int = 0, d_head: int = 16, base: float 
     def figure(position, pair):
         return rope_figure(position, pair, d_head, base)
 
+    if on_website():
+        def view(position, pair):
+            alt = (f"Left: a unit circle with an arrow turned by RoPE pair {pair} at position "
+                   f"{position}, dots at the earlier positions; right: the RoPE score of q = k "
+                   f"= ones against the offset m - n, largest at 0.")
+            return figure_html(figure(position, pair), alt)
+
+        grid = {"position": sorted(set(ROPE_GRID["position"]) | {position}),
+                "pair": sorted({p for p in ROPE_GRID["pair"] if p < d_head // 2} | {pair})}
+        return precomputed_views(view, grid, default={"position": position, "pair": pair},
+                                 sliders=list(grid))
     sliders = {
         "position": widgets.IntSlider(value=position, min=0, max=64, description="position"),
         "pair": widgets.IntSlider(value=pair, min=0, max=d_head // 2 - 1, description="pair i"),

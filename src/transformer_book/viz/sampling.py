@@ -3,8 +3,8 @@
 :func:`sampling_render` draws, for a prompt, the model's next-token distribution before and
 after the filters as a bar chart, and samples a continuation with the same settings.
 :func:`sampling_view` puts it behind a prompt box and three sliders (ipywidgets 7.7 features
-only); like :func:`transformer_book.viz.widgets.live_view` it is filled at creation, so a static
-page shows the default settings, and the notebook draws the same render as a plain figure too.
+only), live in Jupyter/Colab; on the website it is a grid of renders made when the book was
+built, behind the same three sliders (:func:`transformer_book.viz.widgets.precomputed_views`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,12 @@ import torch
 from torch import nn
 
 from transformer_book.generate import generate, next_token_probs
-from transformer_book.viz.widgets import figure_png, png_output
+from transformer_book.viz.widgets import (figure_html, figure_png, on_website, png_output,
+                                          precomputed_views)
+
+#: The settings the website shows (the defaults of :func:`sampling_view` are added).
+SAMPLING_GRID = {"temperature": (0.0, 0.5, 0.8, 1.2, 2.0), "top_k": (0, 5, 50),
+                 "top_p": (0.5, 0.9, 1.0)}
 
 __all__ = ["token_label", "sampling_render", "sampling_view"]
 
@@ -91,6 +96,20 @@ def sampling_view(model: nn.Module, tokenizer, prompt: str = "def ", temperature
     """
     import ipywidgets as widgets
 
+    if on_website():
+        def view(temperature, top_k, top_p):
+            line, fig = sampling_render(model, tokenizer, prompt, temperature, top_k, top_p,
+                                        max_new_tokens, seed)
+            alt = (f"Bar chart of the 16 most likely next tokens after the prompt: grey bars "
+                   f"for the model's own probabilities, blue bars for the distribution "
+                   f"sampled from with {_settings(temperature, top_k or None, top_p)}.")
+            return figure_html(fig, alt) + line
+
+        defaults = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+        grid = {k: sorted(set(v) | {defaults[k]}) for k, v in SAMPLING_GRID.items()}
+        return precomputed_views(view, grid, default=defaults, sliders=list(grid),
+                                 labels={"top_k": "top-k (0 = off)", "top_p": "top-p (1 = off)"},
+                                 note=f"Prompt {prompt!r}, seed {seed}.")
     vocab = getattr(model, "vocab_size", 1000)
     text = widgets.Text(value=prompt, description="Prompt:", continuous_update=False,
                         layout=widgets.Layout(width="36em"))

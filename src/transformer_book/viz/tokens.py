@@ -14,8 +14,10 @@ bytes in hex, e.g. ``⟨f0 9f⟩``.
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from transformer_book.viz.widgets import on_website, precomputed_views
 
 __all__ = ["PALETTE", "token_pieces", "tokens_html", "token_widget"]
 
@@ -42,6 +44,12 @@ def token_pieces(tokenizer: Any, text: str) -> list[tuple[int, str, bool]]:
         if not callable(getattr(tokenizer, method, None)):
             raise TypeError(f"tokenizer must have an {method}() method, got {type(tokenizer).__name__}")
     return [(i, *_piece_text(tokenizer.id_to_token(i))) for i in tokenizer.encode(text)]
+
+
+def _one_line(text: str, width: int = 60) -> str:
+    """A drop-down label for ``text``: its repr, shortened to ``width`` characters."""
+    label = repr(text)[1:-1]
+    return label if len(label) <= width else label[: width - 1] + "…"
 
 
 def _escape(shown: str) -> str:
@@ -82,11 +90,15 @@ def tokens_html(tokenizer: Any, text: str, max_tokens: int = 3000, title: str | 
     return f"{head}{body}<div style='color:#555;font-size:85%'>{summary}</div>"
 
 
-def token_widget(tokenizers: Mapping[str, Any] | Any, text: str = "def greet(name):\n    return f'Hi, {name}!'\n"):
+def token_widget(tokenizers: Mapping[str, Any] | Any,
+                 text: str = "def greet(name):\n    return f'Hi, {name}!'\n",
+                 examples: Sequence[str] = ()):
     """A text box and, under it, the text tokenized by each tokenizer, updated as you type.
 
     ``tokenizers`` is one tokenizer or a ``{name: tokenizer}`` mapping. Returns an
-    ``ipywidgets.VBox``; its views already hold ``text`` tokenized.
+    ``ipywidgets.VBox``; its views already hold ``text`` tokenized. On the website
+    (:func:`transformer_book.viz.widgets.on_website`) it is a drop-down over ``text`` and
+    ``examples`` instead, each tokenized when the book was built.
     """
     import ipywidgets as widgets
 
@@ -96,6 +108,15 @@ def token_widget(tokenizers: Mapping[str, Any] | Any, text: str = "def greet(nam
         raise ValueError("tokenizers must hold at least one tokenizer, got an empty mapping")
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
+    if on_website():
+        texts = list(dict.fromkeys([text, *examples]))
+        shown = {_one_line(t): t for t in texts}
+
+        def view(text):
+            return "".join(tokens_html(tok, shown[text], title=name)
+                           for name, tok in tokenizers.items())
+
+        return precomputed_views(view, {"text": list(shown)}, labels={"text": "Text:"})
     box = widgets.Textarea(value=text, description="Text:", layout=widgets.Layout(width="95%", height="90px"))
     views = {name: widgets.HTML(value=tokens_html(tok, text, title=name)) for name, tok in tokenizers.items()}
 
