@@ -361,3 +361,87 @@ def test_token_widget_updates_as_you_type(bpe):
     assert "3 tokens" in char_view.value
     box.value = "abcabc!"
     assert "7 tokens" in char_view.value and f"{len(bpe.encode('abcabc!'))} tokens" in bpe_view.value
+
+
+# --------------------------------------------------------------------------- issue 10: save and load, bounded
+def _small_bpe():
+    return BPETokenizer(special_tokens=["<eos>"]).train("hello world hello there " * 20, 270)
+
+
+def test_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "tok.json"
+    tok = _small_bpe()
+    tok.save(path)
+    before = path.read_bytes()
+    real_open = open
+
+    def failing_open(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        if "w" in mode:
+            f.write("{half")
+            f.close()
+            raise OSError("disk full")
+        return f
+    monkeypatch.setattr("builtins.open", failing_open)
+    with pytest.raises(OSError, match="disk full"):
+        BPETokenizer().train("other text " * 10, 260).save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["tok.json"]
+    assert BPETokenizer.load(path).merges == tok.merges
+
+
+def test_unwritable_special_tokens_and_pattern_are_refused_when_given():
+    with pytest.raises(ValueError, match=r"special_tokens\[0\] cannot be saved"):
+        BPETokenizer(special_tokens=["\ud800"])
+    with pytest.raises(ValueError, match="pattern cannot be saved"):
+        BPETokenizer(pattern="a\udfffb")
+    with pytest.raises(TypeError, match=r"special_tokens\[1\] must be a str, got int"):
+        BPETokenizer(special_tokens=["<a>", 3])
+
+
+def test_load_is_bounded_in_time_and_memory(tmp_path):
+    import json
+    import resource
+    import time
+
+    n = 12_000  # about 250 kB of JSON: a chain where every merge adds one byte to the last token
+    merges = [[256 + i - 1 if i else 97, 98] for i in range(n)]
+    state = {"format": "transformer_book.BPETokenizer", "version": 1, "pattern": None, "special_tokens": [],
+             "vocab_size": 256 + n, "merges": merges}
+    path = tmp_path / "crafted.json"
+    path.write_text(json.dumps(state))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="MAX_TOKEN_BYTES"):
+        BPETokenizer.load(path)
+    assert time.perf_counter() - start < 5.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # kB: under 100 MB
+
+
+def test_load_refuses_deep_nesting_and_missing_files(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        BPETokenizer.load(deep)
+    with pytest.raises(ValueError, match="path .* is not a file"):
+        BPETokenizer.load(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="path must be a file name"):
+        _small_bpe().save(tmp_path)
+
+
+def test_pieces_check_their_arguments():
+    with pytest.raises(TypeError, match=r"ids\[0\] must be an int, got float"):
+        merge_pair([1.0, 2], (1, 2), 3)
+    with pytest.raises(ValueError, match="pair must be a .* got 3 values"):
+        merge_pair([1, 2], (1, 2, 3), 4)
+    with pytest.raises(ValueError, match="new_id must be an int >= 0"):
+        merge_pair([1, 2], (1, 2), -1)
+    with pytest.raises(TypeError, match="ids must be a list of ints, got str"):
+        count_pairs("abc")
+    with pytest.raises(ValueError, match="weight must be a positive int"):
+        count_pairs([1, 2], weight=0)
+    with pytest.raises(TypeError, match="word_counts key must be a bytes, got str"):
+        learn_merges({"ab": 2}, 257)
+    with pytest.raises(TypeError, match="tokens must be an iterable of str"):
+        CharTokenizer("ab")

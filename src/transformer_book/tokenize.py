@@ -37,6 +37,8 @@ from typing import Any
 
 import regex
 
+from transformer_book import _checks
+
 __all__ = [
     "GPT2_PATTERN",
     "BPETokenizer",
@@ -86,39 +88,35 @@ def _to_bytes(text: str) -> bytes:
 # --------------------------------------------------------------------------------------------
 # Input checks shared by the tokenizers
 # --------------------------------------------------------------------------------------------
-def _check_text(text: object, name: str = "text") -> str:
-    if not isinstance(text, str):
-        raise TypeError(f"{name} must be a str, got {type(text).__name__}")
-    return text
-
-
-def _check_ids(ids: object, n_vocab: int) -> list[int]:
+def _check_ids(ids: object, n_vocab: int, name: str = "ids") -> list[int]:
     """A list of Python ints in ``[0, n_vocab)``; accepts lists, tuples, 1-D tensors/arrays."""
     if isinstance(ids, (str, bytes)):
-        raise TypeError(f"ids must be a sequence of ints, got {type(ids).__name__}")
+        raise TypeError(f"{name} must be a sequence of ints, got {type(ids).__name__}")
     if hasattr(ids, "tolist") and hasattr(ids, "ndim"):  # torch.Tensor / numpy.ndarray
         if ids.ndim != 1:
-            raise ValueError(f"ids must be 1-D, got an array of shape {tuple(ids.shape)}")
+            raise ValueError(f"{name} must be 1-D, got an array of shape {tuple(ids.shape)}")
         ids = ids.tolist()
     if not isinstance(ids, Iterable):
-        raise TypeError(f"ids must be a sequence of ints, got {type(ids).__name__}")
+        raise TypeError(f"{name} must be a sequence of ints, got {type(ids).__name__}")
     out = []
     for position, i in enumerate(ids):
         if not isinstance(i, numbers.Integral) or isinstance(i, bool):
-            raise TypeError(f"ids[{position}] must be an int, got {type(i).__name__} {i!r}")
+            raise TypeError(f"{name}[{position}] must be an int, got {type(i).__name__} {i!r}")
         if not 0 <= i < n_vocab:
             raise ValueError(
-                f"ids[{position}] = {int(i)} is out of range: token ids must be in [0, {n_vocab}) "
+                f"{name}[{position}] = {int(i)} is out of range: token ids must be in [0, {n_vocab}) "
                 f"for this tokenizer (vocabulary size {n_vocab})"
             )
         out.append(int(i))
     return out
 
 
-def _check_positive_int(value: object, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+def _check_int_list(name: str, ids: object) -> list:
+    """A list or tuple of ints (the plain id sequences of the BPE pieces)."""
+    _checks.instance(name, ids, (list, tuple), "list of ints")
+    for position, i in enumerate(ids):
+        _checks.integer(f"{name}[{position}]", i)
+    return ids
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,11 +126,15 @@ class _VocabularyTokenizer:
     """A tokenizer with a fixed list of tokens and an unknown token at id 0."""
 
     def __init__(self, tokens: Iterable[str], unk_token: str = "<unk>") -> None:
-        _check_text(unk_token, "unk_token")
+        _checks.instance("unk_token", unk_token, str)
+        if not unk_token:
+            raise ValueError("unk_token must be a non-empty str, got ''")
+        if isinstance(tokens, str) or not isinstance(tokens, Iterable):
+            raise TypeError(f"tokens must be an iterable of str (not one str), got {_checks.describe(tokens)}")
         self.unk_token = unk_token
         self.itos: list[str] = [unk_token]
-        for token in tokens:
-            _check_text(token, "each token")
+        for position, token in enumerate(tokens):
+            _checks.instance(f"tokens[{position}]", token, str)
             if token == unk_token or token in self.itos:
                 raise ValueError(f"tokens must be unique and differ from unk_token, got {token!r} twice")
             self.itos.append(token)
@@ -148,14 +150,14 @@ class _VocabularyTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Ids of the pieces of ``text``; a piece not in the vocabulary becomes ``unk_id``."""
-        return [self.stoi.get(piece, self.unk_id) for piece in self._split(_check_text(text))]
+        return [self.stoi.get(piece, self.unk_id) for piece in self._split(_checks.instance("text", text, str))]
 
     def decode(self, ids: Sequence[int]) -> str:
         """The text of ``ids``; ``unk_id`` comes back as ``unk_token`` (what it stood for is lost)."""
         return "".join(self.itos[i] for i in _check_ids(ids, self.vocab_size))
 
     def id_to_token(self, token_id: int) -> str:
-        return self.itos[_check_ids([token_id], self.vocab_size)[0]]
+        return self.itos[_check_ids([_checks.integer("token_id", token_id)], self.vocab_size, "token_id")[0]]
 
     def __len__(self) -> int:
         return self.vocab_size
@@ -180,7 +182,7 @@ class CharTokenizer(_VocabularyTokenizer):
     ) -> CharTokenizer:
         """The characters of ``text`` seen at least ``min_count`` times, most frequent first
         (ties in order of first appearance), at most ``max_size`` of them (plus ``<unk>``)."""
-        _check_text(text)
+        _checks.instance("text", text, str)
         return cls(_frequent(Counter(text), max_size, min_count), unk_token=unk_token)
 
     def _split(self, text: str) -> list[str]:
@@ -204,7 +206,7 @@ class WordTokenizer(_VocabularyTokenizer):
     def from_text(
         cls, text: str, max_size: int | None = None, min_count: int = 1, unk_token: str = "<unk>"
     ) -> WordTokenizer:
-        _check_text(text)
+        _checks.instance("text", text, str)
         return cls(_frequent(Counter(cls._regex.findall(text)), max_size, min_count), unk_token=unk_token)
 
     def _split(self, text: str) -> list[str]:
@@ -213,8 +215,8 @@ class WordTokenizer(_VocabularyTokenizer):
 
 def _frequent(counts: Counter, max_size: int | None, min_count: int) -> list[str]:
     if max_size is not None:
-        _check_positive_int(max_size, "max_size")
-    _check_positive_int(min_count, "min_count")
+        _checks.positive_int("max_size", max_size)
+    _checks.positive_int("min_count", min_count)
     kept = [t for t, c in counts.most_common() if c >= min_count]  # stable: ties keep first-seen order
     return kept if max_size is None else kept[:max_size]
 
@@ -227,7 +229,13 @@ def count_pairs(ids: Sequence[int], counts: dict | None = None, weight: int = 1)
 
     Adds ``weight`` per occurrence into ``counts`` if given (a word seen ``weight`` times).
     """
-    counts = {} if counts is None else counts
+    _check_int_list("ids", ids)
+    if counts is not None:
+        _checks.instance("counts", counts, dict, "dict or None")
+    return _count_pairs(ids, {} if counts is None else counts, _checks.positive_int("weight", weight))
+
+
+def _count_pairs(ids: Sequence[int], counts: dict, weight: int = 1) -> dict[tuple[int, int], int]:
     for pair in zip(ids, ids[1:]):
         counts[pair] = counts.get(pair, 0) + weight
     return counts
@@ -238,6 +246,15 @@ def merge_pair(ids: Sequence[int], pair: tuple[int, int], new_id: int) -> list[i
 
     ``merge_pair([5, 5, 5], (5, 5), 9)`` is ``[9, 5]``: occurrences do not overlap.
     """
+    _check_int_list("ids", ids)
+    _checks.instance("pair", pair, (tuple, list), "(left, right) pair of ints")
+    if len(pair) != 2:
+        raise ValueError(f"pair must be a (left, right) pair of ints, got {len(pair)} values {tuple(pair)!r}")
+    _check_int_list("pair", pair)
+    return _merge_pair(ids, tuple(pair), _checks.integer("new_id", new_id, low=0))
+
+
+def _merge_pair(ids: Sequence[int], pair: tuple[int, int], new_id: int) -> list[int]:
     a, b = pair
     out = []
     i, n = 0, len(ids)
@@ -267,8 +284,7 @@ class _Vocabulary:
 
 
 def _check_vocab_size(vocab_size: object, n_special: int = 0) -> int:
-    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
-        raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__} {vocab_size!r}")
+    _checks.integer("vocab_size", vocab_size)
     smallest = 256 + n_special
     if vocab_size < smallest:
         raise ValueError(
@@ -294,6 +310,10 @@ def learn_merges(word_counts: Mapping[bytes, int], vocab_size: int) -> list[Merg
     Returns ``[(left, right, new_id), ...]`` in the order learned. Stops early, with fewer tokens,
     if no pair is left (every word is a single token).
     """
+    _checks.instance("word_counts", word_counts, Mapping, "dict bytes -> count")
+    for word, count in word_counts.items():
+        _checks.instance("word_counts key", word, bytes)
+        _checks.positive_int(f"word_counts[{word!r}]", count)
     _check_vocab_size(vocab_size)
     vocab = _Vocabulary()
     words = [list(w) for w in word_counts]
@@ -320,9 +340,9 @@ def learn_merges(word_counts: Mapping[bytes, int], vocab_size: int) -> list[Merg
         changed: set[tuple[int, int]] = set()
         for index in where.pop(pair):
             old, freq = words[index], freqs[index]
-            new = merge_pair(old, pair, new_id)
+            new = _merge_pair(old, pair, new_id)
             words[index] = new
-            old_pairs, new_pairs = count_pairs(old), count_pairs(new)
+            old_pairs, new_pairs = _count_pairs(old, {}), _count_pairs(new, {})
             for p, c in old_pairs.items():
                 counts[p] -= c * freq
                 changed.add(p)
@@ -347,6 +367,9 @@ def learn_merges_naive(chunks: Sequence[bytes], vocab_size: int) -> list[Merge]:
     Same rule and tie-break as :func:`learn_merges`, so it learns the same merges -- only slower:
     each merge costs a pass over the whole corpus. The reference and the speed anchor.
     """
+    _checks.instance("chunks", chunks, (list, tuple), "list of bytes")
+    for position, chunk in enumerate(chunks):
+        _checks.instance(f"chunks[{position}]", chunk, bytes)
     _check_vocab_size(vocab_size)
     vocab = _Vocabulary()
     sequences = [list(c) for c in chunks]
@@ -354,13 +377,13 @@ def learn_merges_naive(chunks: Sequence[bytes], vocab_size: int) -> list[Merge]:
     while len(vocab.tokens) < vocab_size:
         counts: dict[tuple[int, int], int] = {}
         for seq in sequences:
-            count_pairs(seq, counts)
+            _count_pairs(seq, counts)
         if not counts:
             break
         pair = min(counts, key=lambda p: (-counts[p], p))  # most frequent; ties -> smallest ids
         new_id = vocab.add(*pair)
         merges.append((pair[0], pair[1], new_id))
-        sequences = [merge_pair(seq, pair, new_id) for seq in sequences]
+        sequences = [_merge_pair(seq, pair, new_id) for seq in sequences]
     return merges
 
 
@@ -384,6 +407,26 @@ def bytes_to_unicode() -> dict[int, str]:
 # --------------------------------------------------------------------------------------------
 # The BPE tokenizer
 # --------------------------------------------------------------------------------------------
+#: Bounds on what :meth:`BPETokenizer.load` accepts, so that a crafted file cannot take unbounded
+#: time or memory: the file's size, the number of merges, the bytes of one token and of all
+#: tokens together (a chain of merges, each adding one byte to the last token, grows the
+#: vocabulary quadratically: 25 000 merges would be 300 MB of token bytes). GPT-2's 50 000
+#: merges are far inside them.
+MAX_FILE_BYTES = 64 * 2**20
+MAX_MERGES = 2**20
+MAX_TOKEN_BYTES = 1024
+MAX_VOCAB_BYTES = 64 * 2**20
+
+
+def _writable(name: str, text: str) -> None:
+    """``text`` survives a UTF-8 JSON file (a lone surrogate does not: refuse it when given)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{name} cannot be saved: {text!r} is not valid Unicode text ({exc.reason} at "
+                         f"position {exc.start})") from None
+
+
 class BPETokenizer:
     """Byte-level BPE: ``train`` learns merges, ``encode``/``decode`` apply them.
 
@@ -397,17 +440,20 @@ class BPETokenizer:
     """
 
     def __init__(self, pattern: str | None = GPT2_PATTERN, special_tokens: Sequence[str] = ()) -> None:
-        if pattern is not None and not isinstance(pattern, str):
-            raise TypeError(f"pattern must be a regular expression str or None, got {type(pattern).__name__}")
+        if pattern is not None:
+            _checks.instance("pattern", pattern, str, "regular expression str or None")
+            _writable("pattern", pattern)
         try:
             self._regex = None if pattern is None else regex.compile(pattern)
         except regex.error as exc:
             raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
         if isinstance(special_tokens, str) or not isinstance(special_tokens, Sequence):
             raise TypeError(f"special_tokens must be a list of str, got {type(special_tokens).__name__}")
-        for s in special_tokens:
-            if not isinstance(s, str) or not s:
-                raise ValueError(f"each special token must be a non-empty str, got {s!r}")
+        for position, token in enumerate(special_tokens):
+            _checks.instance(f"special_tokens[{position}]", token, str)
+            if not token:
+                raise ValueError(f"special_tokens[{position}] must be a non-empty str, got ''")
+            _writable(f"special_tokens[{position}]", token)
         if len(set(special_tokens)) != len(special_tokens):
             raise ValueError(f"special_tokens must be unique, got {list(special_tokens)!r}")
         self.pattern = pattern
@@ -461,7 +507,7 @@ class BPETokenizer:
     def pretokenize(self, text: str) -> list[str]:
         """Cut ``text`` into the chunks BPE works within (matches of ``pattern`` and the gaps
         between them, so ``"".join(chunks) == text``)."""
-        _check_text(text)
+        _checks.instance("text", text, str)
         if self._regex is None:
             return [text] if text else []
         chunks, pos = [], 0
@@ -483,7 +529,7 @@ class BPETokenizer:
         cut out first and never merged into ordinary tokens. If the text runs out of pairs the
         vocabulary stays smaller (check ``vocab_size`` afterwards).
         """
-        _check_text(text)
+        _checks.instance("text", text, str)
         _check_vocab_size(vocab_size, len(self._specials))
         word_counts: Counter[bytes] = Counter()
         for piece, is_special in self._split_special(text, allowed_special=True):
@@ -504,7 +550,7 @@ class BPETokenizer:
             best = min(zip(ids, ids[1:]), key=lambda p: ranks.get(p, (len(ranks),))[0])
             if best not in ranks:
                 break
-            ids = merge_pair(ids, best, ranks[best][1])
+            ids = _merge_pair(ids, best, ranks[best][1])
         if len(self._cache) >= 1 << 16:
             self._cache.clear()
         self._cache[data] = ids
@@ -513,9 +559,8 @@ class BPETokenizer:
     def encode(self, text: str, allowed_special: bool = True) -> list[int]:
         """Token ids of ``text``. With ``allowed_special`` the strings of special tokens become
         their ids; without, they are encoded as ordinary text. Either way ``decode`` restores ``text``."""
-        _check_text(text)
-        if not isinstance(allowed_special, bool):
-            raise TypeError(f"allowed_special must be a bool, got {type(allowed_special).__name__}")
+        _checks.instance("text", text, str)
+        _checks.boolean("allowed_special", allowed_special)
         ids: list[int] = []
         specials = self.special_tokens
         for piece, is_special in self._split_special(text, allowed_special):
@@ -528,7 +573,7 @@ class BPETokenizer:
 
     def id_to_token(self, token_id: int) -> bytes:
         """The bytes of one token (a special token's UTF-8 string)."""
-        (token_id,) = _check_ids([token_id], self.vocab_size)
+        (token_id,) = _check_ids([_checks.integer("token_id", token_id)], self.vocab_size, "token_id")
         if token_id < len(self.vocab):
             return self.vocab[token_id]
         return _to_bytes(self._specials[token_id - len(self.vocab)])
@@ -556,9 +601,24 @@ class BPETokenizer:
         }
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the tokenizer as JSON (pattern, special tokens, merges in order)."""
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, ensure_ascii=False)
+        """Write the tokenizer as JSON (pattern, special tokens, merges in order).
+
+        Atomic: the text is built in memory, written to a temporary file next to ``path`` and
+        renamed over it, so a failed save never damages an existing file (nor leaves the
+        temporary one behind).
+        """
+        path = os.fspath(_checks.instance("path", path, (str, os.PathLike), "str or os.PathLike"))
+        if os.path.isdir(path):
+            raise ValueError(f"path must be a file name, got the directory {path!r}")
+        text = json.dumps(self.to_dict(), ensure_ascii=False)
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
     @classmethod
     def from_dict(cls, state: object, source: str = "state") -> BPETokenizer:
@@ -578,7 +638,9 @@ class BPETokenizer:
         merges_in = state["merges"]
         if not isinstance(merges_in, list):
             raise ValueError(f"{source}: 'merges' must be a list of [left, right] id pairs")
-        vocab, merges, seen = _Vocabulary(), [], set()
+        if len(merges_in) > MAX_MERGES:
+            raise ValueError(f"{source}: 'merges' has {len(merges_in)} entries, more than MAX_MERGES={MAX_MERGES}")
+        vocab, merges, seen, total_bytes = _Vocabulary(), [], set(), 256
         for k, m in enumerate(merges_in):
             ok = (isinstance(m, list) and len(m) == 2
                   and all(isinstance(i, int) and not isinstance(i, bool) for i in m))
@@ -590,6 +652,12 @@ class BPETokenizer:
             if tuple(m) in seen:
                 raise ValueError(f"{source}: merges[{k}] = {m!r} repeats an earlier merge")
             seen.add(tuple(m))
+            size = len(vocab.tokens[m[0]]) + len(vocab.tokens[m[1]])
+            total_bytes += size
+            if size > MAX_TOKEN_BYTES or total_bytes > MAX_VOCAB_BYTES:
+                raise ValueError(f"{source}: merges[{k}] = {m!r} makes a token of {size} bytes (the vocabulary "
+                                 f"{total_bytes} bytes): beyond MAX_TOKEN_BYTES={MAX_TOKEN_BYTES} or "
+                                 f"MAX_VOCAB_BYTES={MAX_VOCAB_BYTES}; the merges look crafted, not learned")
             merges.append((m[0], m[1], vocab.add(m[0], m[1])))
         try:
             tok = cls(pattern=state["pattern"], special_tokens=state["special_tokens"])
@@ -605,13 +673,26 @@ class BPETokenizer:
     @classmethod
     def load(cls, path: str | os.PathLike) -> BPETokenizer:
         """A *new* tokenizer read from ``path`` (``BPETokenizer.load(path)``); the file is fully
-        validated first, so a corrupt file raises ``ValueError`` and nothing is half-loaded."""
+        validated first, so a corrupt file raises ``ValueError`` and nothing is half-loaded.
+
+        Bounded in time and memory: a file over :data:`MAX_FILE_BYTES`, JSON nested too deeply
+        for the parser, or merges beyond :data:`MAX_MERGES` / :data:`MAX_TOKEN_BYTES` /
+        :data:`MAX_VOCAB_BYTES` are refused with ``ValueError``, as is a missing file.
+        """
+        path = os.fspath(_checks.instance("path", path, (str, os.PathLike), "str or os.PathLike"))
+        if not os.path.isfile(path):
+            raise ValueError(f"path {path!r} is not a file (no tokenizer to load there)")
+        if os.path.getsize(path) > MAX_FILE_BYTES:
+            raise ValueError(f"path {path!r}: the file has {os.path.getsize(path)} bytes, more than "
+                             f"MAX_FILE_BYTES={MAX_FILE_BYTES} for a tokenizer")
         try:
             with open(path, encoding="utf-8") as f:
                 state = json.load(f)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{os.fspath(path)!s}: not a {FILE_FORMAT} file (not valid JSON: {exc})") from None
-        return cls.from_dict(state, source=os.fspath(path))
+            raise ValueError(f"path {path!r}: not a {FILE_FORMAT} file (not valid JSON: {exc})") from None
+        except RecursionError:
+            raise ValueError(f"path {path!r}: not a {FILE_FORMAT} file (JSON nested too deeply)") from None
+        return cls.from_dict(state, source=f"path {path!r}")
 
     # ---- Hugging Face bridge -----------------------------------------------------------------
     def to_huggingface(self):
