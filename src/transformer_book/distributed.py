@@ -40,9 +40,10 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -580,15 +581,47 @@ class Launch:
     stderr: str
     seconds: float
     timed_out: bool = False
+    pids: list[int] = field(default_factory=list)  # torchrun and the workers seen (none survive the return)
 
     @property
     def ok(self) -> bool:
         return self.returncode == 0 and not self.timed_out
 
 
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (Linux ``/proc``; elsewhere none are found)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields_ = stat.read_text().rsplit(")", 1)[1].split()  # after "(command name)"
+            children.setdefault(int(fields_[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):  # a zombie has exited; only its parent's wait() is missing
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def _kill(pids: list[int]) -> None:
+    # torchrun starts each worker in a session of its own, so killing torchrun's process group
+    # alone would leave the workers running: kill every process of the job, each with its group.
+    for pid in pids:
+        for kill, target in ((os.killpg, pid), (os.kill, pid)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                kill(target, signal.SIGKILL)
 
 
 def launch(script_args: list[str], nproc: int = 2, *, max_restarts: int = 0, timeout: float = 120.0,
@@ -596,9 +629,10 @@ def launch(script_args: list[str], nproc: int = 2, *, max_restarts: int = 0, tim
            cwd: str | None = None) -> Launch:
     """Run ``torchrun ... -m transformer_book.distributed <script_args>`` as a subprocess and wait.
 
-    One thread per worker (``OMP_NUM_THREADS=1``), loopback rendezvous on a free port. The job
-    runs in its own process group; whatever happens (a timeout, an exception here, a worker that
-    outlived torchrun) that whole group is killed before this returns, so nothing is left behind.
+    One thread per worker (``OMP_NUM_THREADS=1``), loopback rendezvous on a free port. Whatever
+    happens (a timeout, an exception here), the job is torn down before this returns: torchrun
+    is asked to stop its workers (SIGTERM), then every process of the job still there is
+    killed, so nothing is left behind. ``Launch.pids`` lists the processes it saw.
     """
     _checks.number("timeout", timeout, 0.0, low_open=True)
     port = free_port() if port is None else _checks.integer("port", port, low=1, high=65535)
@@ -610,20 +644,32 @@ def launch(script_args: list[str], nproc: int = 2, *, max_restarts: int = 0, tim
     t0 = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
                             start_new_session=True)
-    timed_out = False
+    timed_out, seen = False, {proc.pid}
+
+    def watch() -> None:  # note the workers as they appear, so that they can be found later
+        while proc.poll() is None:
+            seen.update(_descendants(proc.pid))
+            time.sleep(0.25)
+
+    threading.Thread(target=watch, daemon=True).start()
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
-        _kill_group(proc.pid)
+        seen.update(_descendants(proc.pid))
+        proc.terminate()  # torchrun's agent stops its workers on SIGTERM
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        _kill(sorted(seen))
         stdout, stderr = proc.communicate()
         stderr += f"\n[launch] killed after timeout={timeout} s"
     finally:
-        _kill_group(proc.pid)  # the session's id is torchrun's pid: take the workers down with it
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # an exception here (e.g. KeyboardInterrupt): tear the job down
+            seen.update(_descendants(proc.pid))
+            _kill(sorted(seen))
             proc.wait()
-    return Launch(command, proc.returncode, stdout, stderr, time.perf_counter() - t0, timed_out)
+    _kill([p for p in seen if _alive(p)])
+    return Launch(command, proc.returncode, stdout, stderr, time.perf_counter() - t0, timed_out, sorted(seen))
 
 
 # --------------------------------------------------------------------------- command line
@@ -650,6 +696,8 @@ def _parity(args: argparse.Namespace) -> int:
             print(f"parity: the {args.nproc}-process job failed (exit code {job.returncode})", file=sys.stderr)
             return 2
         result = json.loads(path.read_text())
+    if args.json:
+        _write_json(Path(args.json), result)
     worst = max(result["max_abs_diff"].values())
     for name, diff in result["max_abs_diff"].items():
         print(f"{name:34s} max |grad difference| vs 1 process = {diff:.2e}")
@@ -682,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
     parity.add_argument("--batch-size", type=int, default=16)
     parity.add_argument("--tol", type=float, default=GRAD_TOLERANCE)
     parity.add_argument("--timeout", type=float, default=120.0)
+    parity.add_argument("--json", default=None, help="also write the job's full result to this file")
     args = parser.parse_args(argv)
     if args.command == "parity":
         return _parity(args)
