@@ -21,6 +21,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from transformer_book import _checks
+
 __all__ = [
     "LearnedPositionalEmbedding",
     "alibi_bias",
@@ -32,23 +34,22 @@ __all__ = [
 ]
 
 
-def _check_count(value: object, name: str, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def _check_even(value: object, name: str) -> int:
-    _check_count(value, name, minimum=2)
+def _check_even(name: str, value: object) -> int:
+    value = _checks.positive_int(name, value)
     if value % 2:
         raise ValueError(f"{name} must be even (dimensions come in sin/cos pairs), got {value}")
     return value
 
 
 def _check_base(base: object) -> float:
-    if not isinstance(base, (int, float)) or isinstance(base, bool) or not base > 1:
-        raise ValueError(f"base must be a number > 1, got {base!r}")
-    return float(base)
+    return _checks.number("base", base, low=1.0, low_open=True)
+
+
+def _check_float_dtype(dtype: object) -> torch.dtype:
+    _checks.instance("dtype", dtype, torch.dtype, "floating-point torch.dtype")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch.dtype (a table of sines and slopes), got {dtype}")
+    return dtype
 
 
 def _frequencies(d: int, base: float) -> Tensor:
@@ -67,9 +68,10 @@ def sinusoidal_encoding(
     ``PE[p, 2i] = sin(p * w_i)`` and ``PE[p, 2i + 1] = cos(p * w_i)`` with ``w_i = base^(-2i/d_model)``:
     pair ``i`` is a point going round a circle, fast for small ``i`` and slowly for large ``i``.
     """
-    _check_count(n_positions, "n_positions")
-    _check_even(d_model, "d_model")
-    angles = torch.arange(n_positions, dtype=torch.float64)[:, None] * _frequencies(d_model, _check_base(base))
+    n_positions = _checks.positive_int("n_positions", n_positions)
+    d_model = _check_even("d_model", d_model)
+    base, dtype = _check_base(base), _check_float_dtype(dtype)
+    angles = torch.arange(n_positions, dtype=torch.float64)[:, None] * _frequencies(d_model, base)
     table = torch.empty(n_positions, d_model, dtype=torch.float64)
     table[:, 0::2] = torch.sin(angles)
     table[:, 1::2] = torch.cos(angles)
@@ -83,9 +85,8 @@ def sinusoidal_shift_matrix(k: int | float, d_model: int, base: float = 10000.0)
     ``sin(a + b) = sin a cos b + cos a sin b`` and ``cos(a + b) = cos a cos b - sin a sin b``.
     It depends on the shift ``k`` but not on the position ``p``: the reason Vaswani et al. chose sines.
     """
-    if not isinstance(k, (int, float)) or isinstance(k, bool):
-        raise TypeError(f"k must be a number (the shift in positions), got {type(k).__name__}")
-    _check_even(d_model, "d_model")
+    k = _checks.number("k", k)  # the shift in positions
+    d_model = _check_even("d_model", d_model)
     angle = k * _frequencies(d_model, _check_base(base))
     cos, sin = torch.cos(angle), torch.sin(angle)
     m = torch.zeros(d_model, d_model, dtype=torch.float64)
@@ -108,13 +109,15 @@ class LearnedPositionalEmbedding(nn.Module):
 
     def __init__(self, max_positions: int, d_model: int, init_std: float = 0.02) -> None:
         super().__init__()
-        self.max_positions = _check_count(max_positions, "max_positions")
-        self.d_model = _check_count(d_model, "d_model")
+        self.max_positions = _checks.positive_int("max_positions", max_positions)
+        self.d_model = _checks.positive_int("d_model", d_model)
+        init_std = _checks.number("init_std", init_std, low=0.0)
         self.weight = nn.Parameter(torch.randn(max_positions, d_model) * init_std)
 
     def forward(self, positions: Tensor) -> Tensor:
-        if not isinstance(positions, Tensor) or positions.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"positions must be an integer tensor, got {getattr(positions, 'dtype', type(positions))}")
+        _checks.tensor("positions", positions)
+        if positions.dtype not in _checks.ID_DTYPES:
+            raise TypeError(f"positions must be an integer tensor (int64 or int32), got dtype {positions.dtype}")
         if positions.numel() and (positions.min() < 0 or positions.max() >= self.max_positions):
             raise ValueError(
                 f"positions must be in [0, {self.max_positions}) (max_positions), got values in "
@@ -131,8 +134,19 @@ class LearnedPositionalEmbedding(nn.Module):
 # --------------------------------------------------------------------------------------------
 def rope_angles(positions: Tensor, d_head: int, base: float = 10000.0) -> Tensor:
     """Rotation angles ``positions[..., None] * w_i``, shape ``(*positions.shape, d_head / 2)``, float64."""
-    _check_even(d_head, "d_head")
-    return positions.to(torch.float64)[..., None] * _frequencies(d_head, _check_base(base))
+    _check_positions(positions)
+    return _angles(positions, _check_even("d_head", d_head), _check_base(base))
+
+
+def _check_positions(positions: object) -> Tensor:
+    _checks.tensor("positions", positions)
+    if positions.dtype == torch.bool or positions.is_complex():
+        raise TypeError(f"positions must be an integer or real tensor, got dtype {positions.dtype}")
+    return positions
+
+
+def _angles(positions: Tensor, d_head: int, base: float) -> Tensor:
+    return positions.to(torch.float64)[..., None] * _frequencies(d_head, base)
 
 
 def apply_rope(x: Tensor, positions: Tensor, base: float = 10000.0, pairing: str = "interleaved") -> Tensor:
@@ -154,25 +168,21 @@ def apply_rope(x: Tensor, positions: Tensor, base: float = 10000.0, pairing: str
     ``positions``: shape ``(T,)`` or ``(B, T)`` (integer or float). Works for any ``x`` of shape
     ``(..., T, D)`` with ``positions`` broadcastable to ``(..., T)``. Returns a tensor like ``x``.
     """
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
-    if x.dim() < 2:
-        raise ValueError(f"x must have shape (..., T, D), got shape {tuple(x.shape)}")
+    x = _checks.float_tensor("x", x, min_dim=2, layout="(..., T, D)")
     d = x.shape[-1]
     if d % 2:
         raise ValueError(f"apply_rope: the last dimension D of x must be even (RoPE rotates pairs of "
                          f"dimensions), got D={d} for x of shape {tuple(x.shape)}")
-    if pairing not in ("interleaved", "half"):
-        raise ValueError(f"pairing must be 'interleaved' or 'half', got {pairing!r}")
-    if not isinstance(positions, Tensor):
-        raise TypeError(f"positions must be a tensor of shape (T,) or (B, T), got {type(positions).__name__}")
+    pairing = _checks.one_of("pairing", pairing, ("interleaved", "half"))
+    _check_positions(positions)
+    base = _check_base(base)
     t = x.shape[-2]
     if positions.dim() == 0 or positions.shape[-1] != t:
         raise ValueError(f"positions must have shape (T,) or (B, T) with T={t} (x of shape {tuple(x.shape)}), "
                          f"got shape {tuple(positions.shape)}")
     if positions.dim() == 2 and x.dim() == 4:
         positions = positions[:, None, :]  # (B, T) -> (B, 1, T): the same positions for every head
-    angles = rope_angles(positions, d, base)  # (..., T, D/2)
+    angles = _angles(positions, d, base)  # (..., T, D/2)
     cos, sin = torch.cos(angles).to(x.dtype), torch.sin(angles).to(x.dtype)
     if pairing == "interleaved":
         x1, x2 = x[..., 0::2], x[..., 1::2]
@@ -195,8 +205,10 @@ def alibi_slopes(n_heads: int) -> Tensor:
     Otherwise, with ``n'`` the largest power of two below ``n``: the ``n'`` slopes for ``n'`` heads,
     then every other slope of the ``2n'``-head sequence (the ones in between) until there are ``n``.
     """
-    _check_count(n_heads, "n_heads")
+    return _slopes(_checks.positive_int("n_heads", n_heads))
 
+
+def _slopes(n_heads: int) -> Tensor:
     def power_of_two(n: int) -> list[float]:
         return [2.0 ** (-8.0 * h / n) for h in range(1, n + 1)]
 
@@ -217,12 +229,13 @@ def alibi_bias(n_heads: int, n_queries: int, n_keys: int, dtype: torch.dtype = t
     models, whose mask removes the keys after the query -- for them this function gives the
     symmetric penalty ``-m * (j - i')``, so the bias also makes sense without a causal mask.
     """
-    _check_count(n_heads, "n_heads")
-    _check_count(n_queries, "n_queries")
-    _check_count(n_keys, "n_keys")
+    n_heads = _checks.positive_int("n_heads", n_heads)
+    n_queries = _checks.positive_int("n_queries", n_queries)
+    n_keys = _checks.positive_int("n_keys", n_keys)
+    dtype = _check_float_dtype(dtype)
     if n_queries > n_keys:
         raise ValueError(f"n_queries must be <= n_keys (queries are the last n_queries of the n_keys "
                          f"positions), got n_queries={n_queries}, n_keys={n_keys}")
     query_pos = torch.arange(n_keys - n_queries, n_keys)
     distance = (query_pos[:, None] - torch.arange(n_keys)[None, :]).abs()  # (n_queries, n_keys)
-    return (-alibi_slopes(n_heads)[:, None, None] * distance).to(dtype)
+    return (-_slopes(n_heads)[:, None, None] * distance).to(dtype)
