@@ -55,6 +55,11 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+def chromium_path() -> str:
+    """Debian's Chromium (Playwright's own browser download does not work offline)."""
+    return shutil.which("chromium") or "/usr/bin/chromium"
+
+
 def serve(directory: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
     handler = functools.partial(_QuietHandler, directory=str(directory))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -254,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     if not pages:
         print(f"browser check: no pages under {site}; build the site first", file=sys.stderr)
         return 1
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    chromium = chromium_path()
     server, base = serve(site)
     failures = moved = 0
     blocked: list[str] = []
