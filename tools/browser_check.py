@@ -9,7 +9,8 @@ bertviz view that did not draw; a sidebar or contents toggle that does not open 
 should, at 1400 px and at 420 px; a control of a precomputed view (``data-tb-control``) that
 does not change the view shown when moved; an ipywidgets control (it needs a kernel the
 website does not have); text saying part of the book is missing ("not installed",
-"skipped", ...); a section with no prose and no output. Full-page screenshots of every page
+"skipped", ...); a section with no prose and no output; a figure without a numbered caption
+or without alt text that describes it. Full-page screenshots of every page
 at both widths are saved so a person can look at what readers see.
 """
 
@@ -91,6 +92,25 @@ EMPTY_SECTIONS_JS = """() => Array.from(document.querySelectorAll('main section'
 DEAD_WIDGET_CONTROLS = (".widget-text input, .widget-textarea textarea, .widget-slider, "
                         ".widget-dropdown select, .widget-button, button.jupyter-button, "
                         ".widget-inline-hbox input")
+
+
+# Every figure a cell draws: a numbered caption and alt text that describes it (myst-nb cell
+# metadata {"mystnb": {"figure": {"caption", "name"}, "image": {"alt"}}}); precomputed views
+# carry their own alt text.
+FIGURES_JS = """() => Array.from(document.querySelectorAll('main .cell_output img'))
+  .filter(img => !img.closest('[data-tb-interactive]') && !img.closest('[id^="bertviz"]'))
+  .map(img => {
+    const fig = img.closest('figure'), alt = (img.getAttribute('alt') || '').trim();
+    const caption = fig && fig.querySelector('figcaption');
+    const number = caption && caption.querySelector('.caption-number');
+    const problems = [];
+    if (!number) problems.push('no numbered caption');
+    if (alt.length < 15 || /^[0-9a-f]{16,}|\\.(png|svg|jpe?g)$/i.test(alt))
+      problems.push(`alt text ${JSON.stringify(alt)} does not describe it`);
+    const where = caption ? caption.textContent.trim().slice(0, 50)
+      : (img.getAttribute('src') || '').split('/').pop().slice(0, 40);
+    return problems.length ? `figure ${where}: ${problems.join(', ')}` : null;
+  }).filter(x => x)"""
 
 
 def _visible(page, selector: str) -> bool:
@@ -216,6 +236,7 @@ def check_page(page, url: str, shots: dict[int, Path] | None) -> tuple[list[str]
         problems.append(f"an output says part of the page is missing: ...{context}...")
     for title in page.evaluate(EMPTY_SECTIONS_JS):
         problems.append(f"empty section (no prose, no output): {title!r}")
+    problems += page.evaluate(FIGURES_JS)
     dead = page.query_selector_all(DEAD_WIDGET_CONTROLS)
     if dead:
         problems.append(f"{len(dead)} widget control(s) that need a running kernel "
