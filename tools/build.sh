@@ -12,6 +12,9 @@ export MPLBACKEND=module://matplotlib_inline.backend_inline
 # Interactive views are precomputed over a grid of control values and switched by the site's
 # own script (transformer_book.viz.widgets): a web page has no kernel behind it.
 export TRANSFORMER_BOOK_WEBSITE=1
+# No progress bars on the website: they are for someone waiting at a live notebook, and a
+# finished widget bar leaves a blank gap on a static page.
+export TQDM_DISABLE=1
 # Figures as SVG (sharp on any screen): the notebooks' kernels read this IPython profile.
 export IPYTHONDIR="$PWD/_build/ipython"
 mkdir -p "$IPYTHONDIR/profile_default"
