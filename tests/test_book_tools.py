@@ -93,12 +93,17 @@ def test_hygiene_accepts_a_clean_notebook_and_names_each_problem(tmp_path):
     dirty["cells"][1]["source"] = "import sys"  # set-up cell edited by hand
     dirty["metadata"]["kernelspec"]["name"] = "my-env"
     dirty["metadata"]["widgets"] = {"state": {}}
+    dirty["cells"][2]["source"] = "x = 1\ny = " + "1 + " * 25 + "1"  # 108 columns
     path.write_text(json.dumps(dirty))
     found = "\n".join(notebooks_tool.problems(path))
     for expected in ["cell 2 has committed outputs", "cell 2 has an execution count",
                      "cell 0 lacks the Colab badge", "cell 1 is not the current set-up cell",
-                     "kernelspec", "widget state"]:
+                     "kernelspec", "widget state", "cell 2 has 1 line(s) over 88 columns (line 2"]:
         assert expected in found, f"missing {expected!r} in:\n{found}"
+
+
+def test_the_set_up_cell_fits_in_88_columns():
+    assert max(map(len, notebooks_tool.setup_source().splitlines())) <= notebooks_tool.MAX_COLUMNS
 
 
 def test_stamp_adds_badge_and_setup_cell_idempotently(tmp_path):
