@@ -100,31 +100,31 @@ def test_config_round_trip_and_rmsnorm_swiglu():
 
 
 def test_bad_inputs():
-    with pytest.raises(ValueError, match="d_model=18 must be divisible by n_heads=4"):
+    with pytest.raises(ValueError, match="n_heads=4 must divide d_model=18"):
         _cfg(d_model=18)
-    with pytest.raises(ValueError, match="norm kind must be one of .* got 'batchnorm'"):
+    with pytest.raises(ValueError, match="norm kind must be .* got 'batchnorm'"):
         _cfg(norm="batchnorm")
     with pytest.raises(ValueError, match="activation must be one of .* got 'sigmoid'"):
         _cfg(activation="sigmoid")
-    with pytest.raises(ValueError, match="positions must be one of .* got 'rope'"):
+    with pytest.raises(ValueError, match="positions must be .* got 'rope'"):
         _cfg(positions="rope")
-    with pytest.raises(ValueError, match=r"eos_id must be an int in \[0, tgt_vocab_size=13\), got 20"):
+    with pytest.raises(ValueError, match=r"eos_id must be an int in \[0, 12\], got 20"):
         _cfg(eos_id=20)
     with pytest.raises(ValueError, match="unknown TransformerConfig fields \\['colour'\\]"):
         TransformerConfig.from_dict({**_cfg().to_dict(), "colour": 1})
     with pytest.raises(TypeError, match="config must be a TransformerConfig, got dict"):
         Transformer({"d_model": 16})
     model = Transformer(_cfg())
-    with pytest.raises(TypeError, match="src must hold integer token ids, got dtype torch.float32"):
+    with pytest.raises(TypeError, match="src must hold integer token ids .*got dtype torch.float32"):
         model(torch.zeros(1, 3), torch.ones(1, 2, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"src ids must lie in \[0, 10\] .* got values in \[3, 11\]"):
+    with pytest.raises(ValueError, match=r"src holds ids in \[3, 11\], outside the vocabulary \[0, vocab_size=11\)"):
         model(torch.tensor([[3, 11]]), torch.tensor([[1]]))
-    with pytest.raises(ValueError, match=r"tgt_in must have shape \(B, T\)"):
+    with pytest.raises(ValueError, match=r"tgt_in must have 2 dimensions \(B, T\)"):
         model(torch.tensor([[3, 4]]), torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="tgt_in has length 17 but the model's max_len is 16"):
         model(torch.tensor([[3, 4]]), torch.ones(1, 17, dtype=torch.long))
     memory, mask = model.encode(torch.tensor([[3, 4]]))
-    with pytest.raises(ValueError, match=r"memory must be \(B=2, S, C\), got \(1, 2, 16\)"):
+    with pytest.raises(ValueError, match=r"memory must have shape \(B, S, C\) = \(2, \*, 16\), got shape \(1, 2, 16\)"):
         model.decode(torch.ones(2, 3, dtype=torch.long), memory, mask)
     with pytest.raises(ValueError, match=r"same batch size B"):
         model(torch.tensor([[3, 4]]), torch.ones(2, 3, dtype=torch.long))
@@ -158,3 +158,48 @@ def test_committed_checkpoint_loads_and_translates():
     src = src_vocab.encode_batch([english_words_big(n) for n in numbers])
     predictions = [tgt_vocab.decode(p) for p in translate_batch(model.eval(), src, max_len=22)]
     assert sum(p == french_words(n) for p, n in zip(predictions, numbers)) >= len(numbers) - 1
+
+
+# --------------------------------------------------------------------------- issue 10
+def _torch_ref(**kw):
+    args = dict(d_model=16, nhead=4, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=32,
+                dropout=0.0, batch_first=True)
+    args.update(kw)
+    return nn.Transformer(**args)
+
+
+def test_load_torch_transformer_compares_every_setting_it_relies_on():
+    model = Transformer(_cfg(final_norm=True))
+    model.load_torch_transformer(_torch_ref())  # the same settings: loads
+    with pytest.raises(ValueError, match="activation: ours 'relu', torch 'gelu'"):
+        model.load_torch_transformer(_torch_ref(activation="gelu"))
+    with pytest.raises(ValueError, match="norm_eps: ours 1e-05, torch 0.001"):
+        model.load_torch_transformer(_torch_ref(layer_norm_eps=1e-3))
+    with pytest.raises(ValueError, match="bias: ours True, torch False"):
+        model.load_torch_transformer(_torch_ref(bias=False))
+    ref = _torch_ref()
+    ref.decoder.layers[1].activation = torch.nn.functional.gelu  # one layer that differs
+    with pytest.raises(ValueError, match="layer 3 activation: ours 'relu', torch 'gelu'"):
+        model.load_torch_transformer(ref)
+    gelu = Transformer(_cfg(final_norm=True, activation="gelu"))
+    gelu.load_torch_transformer(_torch_ref(activation="gelu"))
+
+
+def test_memory_of_another_dtype_names_both():
+    model = Transformer(_cfg())
+    memory, mask = model.encode(torch.tensor([[3, 4]]))
+    with pytest.raises(TypeError, match=r"memory (torch\.)?float64, model (torch\.)?float32"):
+        model.decode(torch.ones(1, 3, dtype=torch.long), memory.double(), mask)
+    with pytest.raises(TypeError, match="memory must be a torch.Tensor"):
+        model.decode(torch.ones(1, 3, dtype=torch.long), [[0.0]], mask)
+
+
+def test_config_checks_follow_the_one_rule():
+    with pytest.raises(TypeError, match="d_model must be a positive int, got float 16.0"):
+        _cfg(d_model=16.0)
+    with pytest.raises(TypeError, match="norm_first must be a bool"):
+        _cfg(norm_first=1)
+    with pytest.raises(ValueError, match="pad_id must be in the source vocabulary"):
+        _cfg(pad_id=11)
+    with pytest.raises(TypeError, match="src must hold integer token ids"):
+        Transformer(_cfg())(torch.ones(1, 2, dtype=torch.uint8), torch.ones(1, 2, dtype=torch.long))

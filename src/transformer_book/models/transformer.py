@@ -27,10 +27,11 @@ from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from transformer_book.layers import (ACTIVATIONS, NORMS, DecoderLayer, EncoderLayer, _dropout, _positive_int,
-                                     make_norm)
+from transformer_book import _checks
+from transformer_book.layers import ACTIVATIONS, NORMS, DecoderLayer, EncoderLayer, make_norm
 from transformer_book.masks import causal_mask, combine_masks, padding_mask
 from transformer_book.positional import LearnedPositionalEmbedding, sinusoidal_encoding
 
@@ -71,27 +72,23 @@ class TransformerConfig:
     def __post_init__(self) -> None:
         for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "n_encoder_layers",
                      "n_decoder_layers", "d_ff", "max_len"):
-            _positive_int(name, getattr(self, name))
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+            _checks.positive_int(name, getattr(self, name))
+        _checks.divides("n_heads", self.n_heads, "d_model", self.d_model, "each head gets d_model / n_heads")
+        _checks.dropout("dropout", self.dropout)
+        _checks.one_of("activation", self.activation, ACTIVATIONS)
+        _checks.one_of("norm kind", self.norm, NORMS)
+        _checks.one_of("positions", self.positions, POSITIONS)
         if self.positions == "sinusoidal" and self.d_model % 2:
             raise ValueError(f"sinusoidal positions need an even d_model, got {self.d_model}")
-        _dropout("dropout", self.dropout)
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if self.norm not in NORMS:
-            raise ValueError(f"norm kind must be one of {NORMS}, got {self.norm!r}")
-        if self.positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
         for name in ("norm_first", "tie_embeddings", "scale_embeddings"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if self.final_norm is not None and not isinstance(self.final_norm, bool):
-            raise TypeError(f"final_norm must be a bool or None, got {self.final_norm!r}")
+            _checks.boolean(name, getattr(self, name))
+        if self.final_norm is not None:
+            _checks.boolean("final_norm", self.final_norm)
         for name in ("pad_id", "bos_id", "eos_id"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.tgt_vocab_size:
-                raise ValueError(f"{name} must be an int in [0, tgt_vocab_size={self.tgt_vocab_size}), got {value!r}")
+            _checks.integer(name, getattr(self, name), 0, self.tgt_vocab_size - 1)
+        if self.pad_id >= self.src_vocab_size:
+            raise ValueError(f"pad_id must be in the source vocabulary too, [0, src_vocab_size={self.src_vocab_size}), "
+                             f"got {self.pad_id}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,18 +165,10 @@ class Transformer(nn.Module):
 
     # ----------------------------------------------------------------------- inputs
     def _check_tokens(self, name: str, tokens: object, vocab_size: int) -> Tensor:
-        if not isinstance(tokens, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of token ids (B, T), got {type(tokens).__name__}")
-        if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
-            raise TypeError(f"{name} must hold integer token ids, got dtype {tokens.dtype}")
-        if tokens.dim() != 2 or tokens.shape[1] == 0:
-            raise ValueError(f"{name} must have shape (B, T) with T >= 1, got shape {tuple(tokens.shape)}")
+        tokens = _checks.token_ids(name, tokens, vocab_size)
         if tokens.shape[1] > self.config.max_len:
             raise ValueError(f"{name} has length {tokens.shape[1]} but the model's max_len is {self.config.max_len}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
-            raise ValueError(f"{name} ids must lie in [0, {vocab_size - 1}] (the vocabulary), got values in "
-                             f"[{int(tokens.min())}, {int(tokens.max())}]")
-        return tokens.long()
+        return tokens
 
     def _embed(self, embed: nn.Embedding, tokens: Tensor) -> Tensor:
         x = embed(tokens)
@@ -238,9 +227,9 @@ class Transformer(nn.Module):
         """``tgt_in`` ``(B, T)`` ids (starting with ``<bos>``) + memory -> logits ``(B, T, V)``,
         plus the decoder's self- and cross-attention lists when ``need_weights``."""
         tgt_in = self._check_tokens("tgt_in", tgt_in, self.config.tgt_vocab_size)
-        if not isinstance(memory, Tensor) or memory.dim() != 3 or memory.shape[0] != tgt_in.shape[0]:
-            raise ValueError(f"memory must be (B={tgt_in.shape[0]}, S, C), got "
-                             f"{tuple(memory.shape) if isinstance(memory, Tensor) else type(memory).__name__}")
+        _checks.float_tensor("memory", memory, layout=f"(B={tgt_in.shape[0]}, S, C={self.config.d_model})")
+        _checks.shape_is("memory", memory, (tgt_in.shape[0], None, self.config.d_model), "(B, S, C)")
+        _checks.same_dtype(memory=memory, model=self.lm_head.weight)
         y, ws, wc = self.decoder_stack(self._embed(self.tgt_embed, tgt_in), memory, self.tgt_mask(tgt_in),
                                        src_mask, need_weights=need_weights)
         logits = self.lm_head(y)
@@ -251,6 +240,7 @@ class Transformer(nn.Module):
 
         With ``return_attention=True`` returns ``(logits, AttentionMaps)``.
         """
+        _checks.boolean("return_attention", return_attention)
         if isinstance(src, Tensor) and isinstance(tgt_in, Tensor) and src.dim() == tgt_in.dim() == 2 \
                 and src.shape[0] != tgt_in.shape[0]:
             raise ValueError(f"src {tuple(src.shape)} and tgt_in {tuple(tgt_in.shape)} must have the same batch size B")
@@ -266,24 +256,33 @@ class Transformer(nn.Module):
     def load_torch_transformer(self, ref: nn.Transformer) -> Transformer:
         """Copy the layer weights of a ``torch.nn.Transformer`` into this model (returns ``self``).
 
-        The two must agree on ``d_model``, heads, ``d_ff``, layer counts, ``norm_first`` and
-        the activation; this model needs ``norm="layernorm"`` and ``final_norm=True`` (torch's
+        The two must agree on ``d_model``, heads, ``d_ff``, layer counts, ``norm_first``, the
+        activation, the norms' ``eps`` and biases (in every layer); this model needs ``norm="layernorm"`` and ``final_norm=True`` (torch's
         model always ends each stack with a LayerNorm). Embeddings and the output projection are
         not part of ``nn.Transformer`` and stay as they are.
         """
-        if not isinstance(ref, nn.Transformer):
-            raise TypeError(f"ref must be a torch.nn.Transformer, got {type(ref).__name__}")
+        _checks.instance("ref", ref, nn.Transformer, "torch.nn.Transformer")
         c = self.config
         enc, dec = ref.encoder.layers, ref.decoder.layers
-        l0 = enc[0]
-        theirs = dict(d_model=ref.d_model, n_heads=ref.nhead, d_ff=l0.linear1.out_features,
-                      n_encoder_layers=len(enc), n_decoder_layers=len(dec), norm_first=l0.norm_first)
+        theirs = dict(d_model=ref.d_model, n_heads=ref.nhead, d_ff=enc[0].linear1.out_features,
+                      n_encoder_layers=len(enc), n_decoder_layers=len(dec), norm_first=enc[0].norm_first,
+                      activation=_torch_activation(enc[0]), norm_eps=enc[0].norm1.eps,
+                      bias=enc[0].linear1.bias is not None)
         ours = dict(d_model=c.d_model, n_heads=c.n_heads, d_ff=c.d_ff, n_encoder_layers=c.n_encoder_layers,
-                    n_decoder_layers=c.n_decoder_layers, norm_first=c.norm_first)
+                    n_decoder_layers=c.n_decoder_layers, norm_first=c.norm_first, activation=c.activation,
+                    norm_eps=getattr(self.encoder_layers[0].norm1, "eps", None), bias=True)
         diff = [f"{k}: ours {ours[k]!r}, torch {theirs[k]!r}" for k in ours if ours[k] != theirs[k]]
+        # Every layer of torch's model must agree with its first (they can be built one by one).
+        for i, layer in enumerate([*enc, *dec]):
+            got = dict(norm_first=layer.norm_first, activation=_torch_activation(layer), norm_eps=layer.norm1.eps,
+                       d_ff=layer.linear1.out_features, bias=layer.linear1.bias is not None)
+            diff += [f"layer {i} {k}: ours {ours[k]!r}, torch {v!r}" for k, v in got.items() if v != ours[k]]
+        for name, norm in (("encoder", ref.encoder.norm), ("decoder", ref.decoder.norm)):
+            if norm is not None and norm.eps != ours["norm_eps"]:
+                diff.append(f"{name} final norm_eps: ours {ours['norm_eps']!r}, torch {norm.eps!r}")
         if diff:
             raise ValueError("the models differ: " + "; ".join(diff))
-        if c.norm != "layernorm" or self.encoder_norm is None or ref.encoder.norm is None:
+        if c.norm != "layernorm" or self.encoder_norm is None or ref.encoder.norm is None or ref.decoder.norm is None:
             raise ValueError("load_torch_transformer needs norm='layernorm' and final_norm=True "
                              f"(got norm={c.norm!r}, final_norm={c.final_norm!r})")
 
@@ -306,3 +305,15 @@ class Transformer(nn.Module):
         copy(self.encoder_norm, ref.encoder.norm)
         copy(self.decoder_norm, ref.decoder.norm)
         return self
+
+
+def _torch_activation(layer: nn.Module) -> str:
+    """The name of a ``torch.nn.Transformer*Layer``'s activation, in this book's terms."""
+    act = layer.activation
+    if act is F.relu or isinstance(act, nn.ReLU):
+        return "relu"
+    if act is F.gelu or (isinstance(act, nn.GELU) and act.approximate == "none"):
+        return "gelu"
+    if isinstance(act, nn.GELU) and act.approximate == "tanh":
+        return "gelu_tanh"
+    return f"<{getattr(act, '__name__', type(act).__name__)}>"
