@@ -24,6 +24,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from transformer_book import _checks
+
 __all__ = ["length_normalized_score", "sequence_log_prob", "greedy_decode", "beam_search", "strip_ids",
            "translate_batch", "exact_match_by"]
 
@@ -36,10 +38,12 @@ def _check_model(model: object) -> nn.Module:
     return model
 
 
-def _check_positive(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
+def _check_alpha(alpha: object) -> float:
+    return _checks.number("alpha", alpha, 0.0, 5.0)
+
+
+def _check_src(src: object, model: nn.Module) -> Tensor:
+    return _checks.token_ids("src", src, model.config.src_vocab_size, layout="(B, S)")
 
 
 def length_normalized_score(log_prob: float | Tensor, length: int | Tensor, alpha: float = 1.0) -> float | Tensor:
@@ -48,14 +52,21 @@ def length_normalized_score(log_prob: float | Tensor, length: int | Tensor, alph
     ``length`` counts the generated tokens, ``<eos>`` included (>= 1). ``alpha = 0`` keeps the
     raw log-probability (which favours short outputs), ``alpha = 1`` divides by the length.
     """
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 5.0:
-        raise ValueError(f"alpha must be a number in [0, 5], got {alpha!r}")
+    alpha = _check_alpha(alpha)
+    if isinstance(log_prob, Tensor):
+        _checks.float_tensor("log_prob", log_prob)
+    else:
+        log_prob = log_prob if log_prob == float("-inf") else _checks.number("log_prob", log_prob)
     if isinstance(length, Tensor):
+        if length.is_floating_point() or length.dtype == torch.bool:
+            raise TypeError(f"length must be an int or an integer tensor, got dtype {length.dtype}")
         if bool((length < 1).any()):
             raise ValueError(f"length must be >= 1, got {length.min().item()}")
         return log_prob / length.to(torch.float64 if not isinstance(log_prob, Tensor) else log_prob.dtype) ** alpha
-    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-        raise ValueError(f"length must be an int >= 1, got {length!r}")
+    return _normalized(log_prob, _checks.positive_int("length", length), alpha)
+
+
+def _normalized(log_prob: float, length: int, alpha: float) -> float:
     return log_prob / length ** alpha
 
 
@@ -74,11 +85,14 @@ def sequence_log_prob(model: nn.Module, src: Tensor, out: list[int]) -> float:
     The score beam search maximises (with ``<pad>``/``<bos>`` banned, as in the searches).
     """
     model = _check_model(model)
-    if not isinstance(src, Tensor) or src.dim() != 2 or src.shape[0] != 1:
-        raise ValueError(f"src must be one source of shape (1, S), got "
-                         f"{tuple(src.shape) if isinstance(src, Tensor) else type(src).__name__}")
+    src = _check_src(src, model)
+    if src.shape[0] != 1:
+        raise ValueError(f"src must be one source of shape (1, S), got shape {tuple(src.shape)}")
+    _checks.instance("out", out, (list, tuple), "list of token ids")
     if not out:
         raise ValueError("out must hold at least one token id")
+    for i, token in enumerate(out):
+        _checks.integer(f"out[{i}]", token, 0, model.config.tgt_vocab_size - 1)
     was_training = model.training
     model.eval()
     try:
@@ -98,7 +112,11 @@ def greedy_decode(model: nn.Module, src: Tensor, max_len: int = 32) -> Tensor:
     ``max_len`` per row. Stops when every row has produced ``<eos>``.
     """
     model = _check_model(model)
-    _check_positive("max_len", max_len)
+    src = _check_src(src, model)
+    return _greedy(model, src, _checks.positive_int("max_len", max_len))
+
+
+def _greedy(model: nn.Module, src: Tensor, max_len: int) -> Tensor:
     c = model.config
     was_training = model.training
     model.eval()
@@ -121,6 +139,19 @@ def greedy_decode(model: nn.Module, src: Tensor, max_len: int = 32) -> Tensor:
 
 def strip_ids(ids: Tensor | list[int], eos_id: int, pad_id: int | None = None) -> list[int]:
     """The ids of one output before its first ``<eos>`` (and without ``<pad>``)."""
+    if isinstance(ids, Tensor):
+        _checks.token_ids("ids", ids, dim=1, layout="(T,)") if ids.numel() else _checks.tensor("ids", ids, 1)
+    else:
+        _checks.instance("ids", ids, (list, tuple), "list of ints or a 1-D tensor")
+        for i, token in enumerate(ids):
+            _checks.integer(f"ids[{i}]", token)
+    _checks.integer("eos_id", eos_id)
+    if pad_id is not None:
+        _checks.integer("pad_id", pad_id)
+    return _strip(ids, eos_id, pad_id)
+
+
+def _strip(ids: Tensor | list[int], eos_id: int, pad_id: int | None) -> list[int]:
     ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
     out = []
     for i in ids:
@@ -146,12 +177,18 @@ def beam_search(model: nn.Module, src: Tensor, beam_size: int = 4, max_len: int 
     generated tokens without ``<bos>``, with the final ``<eos>`` when there is one.
     """
     model = _check_model(model)
-    _check_positive("beam_size", beam_size)
-    _check_positive("max_len", max_len)
-    _check_positive("n_best", n_best)
-    length_normalized_score(0.0, 1, alpha)  # checks alpha
+    src = _check_src(src, model)
+    beam_size = _checks.positive_int("beam_size", beam_size)
+    max_len = _checks.positive_int("max_len", max_len)
+    n_best = _checks.positive_int("n_best", n_best)
+    alpha = _check_alpha(alpha)
     if n_best > beam_size:
         raise ValueError(f"n_best={n_best} must be <= beam_size={beam_size}")
+    return _beam(model, src, beam_size, max_len, alpha, n_best)
+
+
+def _beam(model: nn.Module, src: Tensor, beam_size: int, max_len: int, alpha: float,
+          n_best: int) -> list[list[tuple[list[int], float]]]:
     c = model.config
     was_training = model.training
     model.eval()
@@ -178,7 +215,7 @@ def beam_search(model: nn.Module, src: Tensor, beam_size: int = 4, max_len: int 
             for i, j in (ended | (torch.isfinite(top) & last)).nonzero().tolist():
                 raw = float(top[i, j])
                 ids = seqs[i * k + j, 1:].tolist()
-                finished[i].append((float(length_normalized_score(raw, len(ids), alpha)), raw, ids))
+                finished[i].append((_normalized(raw, len(ids), alpha), raw, ids))
             scores[ended] = float("-inf")  # a finished hypothesis leaves the beam
             if not bool(torch.isfinite(scores).any()):
                 break
@@ -197,23 +234,28 @@ def translate_batch(model: nn.Module, src: Tensor, beam_size: int = 1, max_len: 
 
     ``beam_size=1`` decodes greedily, otherwise with :func:`beam_search`.
     """
-    _check_model(model)
-    _check_positive("beam_size", beam_size)
-    _check_positive("batch_size", batch_size)
+    model = _check_model(model)
+    src = _check_src(src, model)
+    beam_size = _checks.positive_int("beam_size", beam_size)
+    max_len = _checks.positive_int("max_len", max_len)
+    alpha = _check_alpha(alpha)
+    batch_size = _checks.positive_int("batch_size", batch_size)
     c = model.config
     out: list[list[int]] = []
     for start in range(0, src.shape[0], batch_size):
         chunk = src[start:start + batch_size]
         chunk = chunk[:, : max(1, int((chunk != c.pad_id).sum(1).max()))]
         if beam_size == 1:
-            out += [strip_ids(row, c.eos_id, c.pad_id) for row in greedy_decode(model, chunk, max_len)]
+            out += [_strip(row, c.eos_id, c.pad_id) for row in _greedy(model, chunk, max_len)]
         else:
-            out += [strip_ids(h[0][0], c.eos_id) for h in beam_search(model, chunk, beam_size, max_len, alpha)]
+            out += [_strip(h[0][0], c.eos_id, None) for h in _beam(model, chunk, beam_size, max_len, alpha, 1)]
     return out
 
 
 def exact_match_by(predictions: list, references: list, keys: list) -> tuple[float, dict]:
     """Exact-match accuracy overall and by key: ``(accuracy, {key: (correct, total)})`` (keys sorted)."""
+    for name, value in (("predictions", predictions), ("references", references), ("keys", keys)):
+        _checks.instance(name, value, (list, tuple), "list")
     if not (len(predictions) == len(references) == len(keys)) or not predictions:
         raise ValueError(f"predictions, references and keys must be non-empty and of one length, got "
                          f"{len(predictions)}, {len(references)}, {len(keys)}")
