@@ -283,7 +283,3 @@ class DecoderLayer(nn.Module):
         x, _ = self.res3(x, lambda h: (self.ff(h), None))
         return x, w_self, w_cross
 
-
-# TEMPORARY (removed before landing): models/transformer.py still imports these two names.
-_positive_int = _checks.positive_int
-_dropout = _checks.dropout
