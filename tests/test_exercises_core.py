@@ -556,15 +556,17 @@ def test_report_repr_and_quiet(capsys):
 # --------------------------------------------------------------------------- the checker author's mistakes
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(cases=[]), TypeError, "cases must be a non-empty list of Case"),
+    (dict(cases=[]), ValueError, "cases must be a non-empty list of Case"),
     (dict(cases=[(1, 2)]), TypeError, r"cases\[0\] must be a Case, got tuple"),
-    (dict(exercise=""), TypeError, "exercise must be a non-empty str"),
+    (dict(exercise=""), ValueError, "exercise must be a non-empty str"),
+    (dict(exercise=3), TypeError, "exercise must be a non-empty str"),
     (dict(reference=3), TypeError, "reference must be callable or None, got int"),
-    (dict(atol=-1.0), ValueError, "atol must be a non-negative number, got -1.0"),
-    (dict(rtol=float("nan")), ValueError, "rtol must be a non-negative number, got nan"),
-    (dict(timeout_s=0), ValueError, "timeout_s must be a positive number of seconds or None, got 0"),
+    (dict(atol=-1.0), ValueError, r"atol must be a (finite )?number >= 0(\.0)?, got -1.0"),
+    (dict(rtol=float("nan")), ValueError, r"rtol must be a (finite )?number >= 0(\.0)?, got nan"),
+    (dict(timeout_s=0), ValueError, r"timeout_s must be a (finite )?number > 0(\.0)?, got 0"),
     (dict(compare="yes"), TypeError, "compare must be callable or None, got str"),
-    (dict(max_details=-1), ValueError, "max_details must be a non-negative int, got -1"),
+    (dict(max_details=-1), ValueError, "max_details must be an int >= 0, got -1"),
+    (dict(quiet=1), TypeError, "quiet must be a bool"),
     (dict(reference=None), ValueError, r"cases\[0\] \('one'\) has no expected value and reference is None"),
 ])
 def test_bad_checker_arguments(kwargs, error, match):
@@ -604,3 +606,128 @@ def test_compare_values_rules():
     assert compare_values(3, 3.0) is None
     assert compare_values(None, 0) == "output is 0; expected None"
     assert "is a numpy array; expected a torch.Tensor" in compare_values(torch.ones(1), np.ones(1))
+
+
+# --------------------------------------------------------------------------- issue 10: the checker protects itself
+
+def test_learner_who_breaks_torch_softmax_gets_a_verdict_and_the_next_check_works(capsys):
+    real = torch.softmax
+
+    def saboteur(x, t):
+        torch.softmax = None  # the reference uses torch.softmax
+        return real(x / t, dim=-1)
+
+    try:
+        report = check_softmax_t(saboteur)
+    finally:
+        broken = torch.softmax is not real
+        torch.softmax = real
+    assert not broken  # put back by the checker
+    assert report.passed  # the reference ran on the restored torch: the values were right
+    assert check_softmax_t(good_softmax_t).passed
+
+
+def test_learner_who_deletes_a_torch_function_is_restored(capsys):
+    real = torch.exp
+
+    def deleter(x, t):
+        del torch.exp
+        return real(x / t) / real(x / t).sum(-1, keepdim=True)
+
+    try:
+        check_softmax_t(deleter)
+    finally:
+        ok = getattr(torch, "exp", None) is real
+        torch.exp = real
+    assert ok
+
+
+class _HangingRepr:
+    def __repr__(self):
+        while True:
+            time.sleep(0.001)
+
+    __str__ = __repr__
+
+
+def test_a_result_whose_repr_hangs_gets_a_verdict(capsys):
+    t0 = time.perf_counter()
+    report = check_softmax_t(lambda x, t: _HangingRepr(), timeout_s=0.3)
+    out = _verdict(capsys)
+    assert not report.passed and time.perf_counter() - t0 < 3 * (0.3 + 1.5)
+    assert "could not be checked (did not finish within 0.3 s)" in out
+    assert check_softmax_t(good_softmax_t).passed
+
+
+def test_an_exception_whose_str_hangs_gets_a_verdict(capsys):
+    class Weird(Exception):
+        def __str__(self):
+            while True:
+                time.sleep(0.001)
+
+    def raiser(x, t):
+        raise Weird()
+
+    report = check_softmax_t(raiser, timeout_s=0.3)
+    assert not report.passed and "raised Weird" in _verdict(capsys)
+
+
+def test_global_torch_state_is_restored_after_each_check(capsys):
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    rng = torch.random.get_rng_state()
+
+    def meddler(x, t):
+        torch.set_default_dtype(torch.float64)
+        torch.set_grad_enabled(False)
+        torch.set_num_threads(threads + 1)
+        torch.manual_seed(123)
+        return good_softmax_t(x, t)
+
+    for timeout_s in (5.0, None):  # in a worker thread and in this one
+        check_softmax_t(meddler, timeout_s=timeout_s)
+        assert torch.get_default_dtype() == dtype and torch.is_grad_enabled()
+        assert torch.get_num_threads() == threads
+        assert torch.equal(torch.random.get_rng_state(), rng)
+
+
+class _AlwaysEqual(torch.Tensor):
+    def __eq__(self, other):
+        return True
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in (torch.isclose, torch.Tensor.__ne__, torch.Tensor.ne):
+            shape = next(a.shape for a in args if isinstance(a, torch.Tensor))
+            value = func is torch.isclose
+            return torch.full(shape, value, dtype=torch.bool)
+        if func in (torch.allclose, torch.equal):
+            return True
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+class _AlwaysEqualInt(int):
+    def __eq__(self, other):
+        return True
+
+    __hash__ = int.__hash__
+
+
+def test_subclasses_that_always_compare_equal_cannot_pass(capsys):
+    assert compare_values(torch.ones(3), torch.zeros(3).as_subclass(_AlwaysEqual)) is not None
+    assert compare_values(4, _AlwaysEqualInt(3)) == "output is 3; expected 4"
+    report = check_softmax_t(lambda x, t: torch.zeros_like(x).as_subclass(_AlwaysEqual))
+    assert not report.passed
+    report = check_function(lambda n: _AlwaysEqualInt(0), reference=lambda n: n + 1,
+                            cases=[Case(args=(3,), label="three")], exercise="ex-00-int", quiet=True)
+    assert not report.passed
+    # A tensor subclass with the right values still passes: nn.Parameter, say.
+    assert compare_values(torch.ones(2), torch.nn.Parameter(torch.ones(2))) is None
+
+
+def test_compare_and_summarize_check_their_arguments():
+    with pytest.raises(ValueError, match="atol must be"):
+        compare_values(torch.ones(1), torch.ones(1), atol=-1.0)
+    with pytest.raises(TypeError, match="check_dtype must be a bool"):
+        compare_values(torch.ones(1), torch.ones(1), check_dtype=1)
+    with pytest.raises(ValueError, match="width must be a positive int"):
+        summarize(torch.ones(1), width=0)

@@ -28,6 +28,18 @@ A function that runs past the limit is stopped by raising an exception inside th
 stuck inside one long C call (one enormous matrix product, a blocking read) — the verdict says
 so, and that thread finishes in the background.
 
+The checker's own steps run under the same protection and time limit: the reference solution,
+the summaries of the learner's result (a ``__repr__`` that never returns gets a verdict, not a
+hung notebook) and the comparison. The learner's result is compared as plain values: a
+``torch.Tensor`` subclass becomes a plain tensor (its ``__torch_function__`` and ``__eq__``
+are not consulted), an ``int``/``float``/``str``/``list``/``tuple``/``dict`` subclass its base
+type. After every case the global state a learner's function may have changed is put back:
+attributes of ``torch``, ``torch.nn.functional``, ``torch.linalg``, ``torch.special``,
+``math`` and ``torch.Tensor`` (``torch.softmax = None``), the default dtype and device, grad
+mode, the number of threads and torch's random-number state. In-process checks cannot stop a
+learner set on cheating (one can patch the checker itself); they make honest mistakes and
+casual tricks visible.
+
 :func:`check_function` returns a :class:`CheckReport`. It prints the verdict itself; in Jupyter
 the report, as the last expression of the check cell, displays nothing more (no second copy),
 and displayed again in a later cell it prints the verdict again. ``repr(report)`` is one line.
@@ -48,6 +60,8 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
+
+from transformer_book import _checks
 
 __all__ = [
     "Case",
@@ -243,6 +257,7 @@ def _array_summary(kind: str, dtype: str, shape: tuple, flat: list, total: int) 
 
 def summarize(x: Any, width: int = 80) -> str:
     """A one-line description of a value: type, dtype, shape and a few values for arrays."""
+    width = _checks.positive_int("width", width)
     try:
         return _summarize(x, width)
     except Exception:  # a value that can't be printed (a meta tensor, a broken __repr__)
@@ -403,8 +418,47 @@ def compare_values(expected: Any, received: Any, *, atol: float = 1e-5, rtol: fl
     Otherwise return one line saying what differs, naming the position (``output[1]`` for the
     second element of a returned tuple). Handles torch tensors (shape, dtype, NaN/inf, values
     within ``atol + rtol·|expected|``), numpy arrays, numbers, strings, None, and lists, tuples
-    and dicts of these, nested.
+    and dicts of these, nested. ``received`` is compared as plain values (see :func:`plain`):
+    a subclass that overrides ``==`` or ``__torch_function__`` cannot pass by lying.
     """
+    atol = _checks.number("atol", atol, low=0.0)
+    rtol = _checks.number("rtol", rtol, low=0.0)
+    check_dtype = _checks.boolean("check_dtype", check_dtype)
+    _checks.instance("where", where, str)
+    return _compare(expected, plain(received), atol, rtol, check_dtype, where)
+
+
+def plain(x: Any, _depth: int = 0) -> Any:
+    """``x`` rebuilt from plain types: a tensor subclass (``nn.Parameter``, or one that overrides
+    ``__eq__``/``__torch_function__``) becomes a ``torch.Tensor``, subclasses of ``int``,
+    ``float``, ``str``, ``list``, ``tuple``, ``dict`` and ``numpy.ndarray`` their base type
+    (recursively). Other objects are returned as they are."""
+    t = type(x)
+    if x is None or t in (bool, int, float, complex, str, bytes):
+        return x
+    torch, np = _torch(), _numpy()
+    if torch is not None and isinstance(x, torch.Tensor):
+        if t is torch.Tensor:
+            return x
+        with torch._C.DisableTorchFunctionSubclass():
+            return torch.Tensor.as_subclass(x, torch.Tensor).detach().clone()
+    if np is not None and isinstance(x, np.ndarray):
+        return x if t is np.ndarray else np.ndarray.view(x, np.ndarray).copy()
+    if _depth > 32:
+        return x
+    for base, make in ((bool, bool), (int, int.__int__), (float, float.__float__), (str, str.__str__)):
+        if isinstance(x, base):
+            return make(x)
+    if isinstance(x, list):
+        return [plain(v, _depth + 1) for v in list.__iter__(x)]
+    if isinstance(x, tuple):
+        return tuple(plain(v, _depth + 1) for v in tuple.__iter__(x))
+    if isinstance(x, dict):
+        return {k: plain(v, _depth + 1) for k, v in dict.items(x)}
+    return x
+
+
+def _compare(expected: Any, received: Any, atol: float, rtol: float, check_dtype: bool, where: str) -> str | None:
     if received is None and expected is not None:
         return f"{where} is None (did the function forget to `return` its result?)"
     if _is_tensor(expected):
@@ -467,7 +521,7 @@ def compare_values(expected: Any, received: Any, *, atol: float = 1e-5, rtol: fl
         if len(received) != len(expected):
             return f"{where} has {len(received)} items; expected {len(expected)}"
         for i, (e, r) in enumerate(zip(expected, received)):
-            msg = compare_values(e, r, atol=atol, rtol=rtol, check_dtype=check_dtype, where=f"{where}[{i}]")
+            msg = _compare(e, r, atol, rtol, check_dtype, f"{where}[{i}]")
             if msg:
                 return msg
         return None
@@ -484,11 +538,12 @@ def compare_values(expected: Any, received: Any, *, atol: float = 1e-5, rtol: fl
                 parts.append(f"unexpected keys {extra[:5]!r}")
             return f"{where}: " + ", ".join(parts)
         for k in expected:
-            msg = compare_values(expected[k], received[k], atol=atol, rtol=rtol, check_dtype=check_dtype,
-                                 where=f"{where}[{k!r}]")
+            msg = _compare(expected[k], received[k], atol, rtol, check_dtype, f"{where}[{k!r}]")
             if msg:
                 return msg
         return None
+    if type(received) is not type(expected):
+        return f"{where} is {_type_name(received)}; expected {_type_name(expected)}"
     try:
         same = bool(expected == received)
     except Exception as err:  # a value whose == raises
@@ -661,7 +716,7 @@ def _mutated(original: Case, given_args: tuple, given_kwargs: dict) -> list[int 
 
 def _differs(a: Any, b: Any) -> bool:
     try:
-        return compare_values(a, b, atol=0.0, rtol=0.0, check_dtype=True, where="x") is not None
+        return _compare(a, plain(b), 0.0, 0.0, True, "x") is not None
     except Exception:
         return False
 
@@ -691,6 +746,135 @@ def _describe_error(err: BaseException, fn: Callable) -> str:
 
 def _name_of(fn: Any) -> str:
     return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+class _GlobalState:
+    """What a learner's function may change globally, saved before a check and put back after each case."""
+
+    MODULES = ("torch", "torch.nn.functional", "torch.linalg", "torch.special", "math")
+
+    def __init__(self) -> None:
+        torch = _torch()
+        self.namespaces = [(mod, dict(vars(mod))) for mod in map(sys.modules.get, self.MODULES) if mod is not None]
+        self.torch = torch
+        if torch is not None:
+            self.namespaces.append((torch.Tensor, dict(vars(torch.Tensor))))
+            self.dtype, self.grad, self.threads = torch.get_default_dtype(), torch.is_grad_enabled(), torch.get_num_threads()
+            self.device = torch.get_default_device() if hasattr(torch, "get_default_device") else None
+            self.rng = torch.random.get_rng_state()
+
+    def restore(self) -> None:
+        for obj, saved in self.namespaces:
+            current = vars(obj)
+            for key, value in saved.items():
+                if current.get(key, _MISSING) is not value:
+                    try:
+                        setattr(obj, key, value)
+                    except (AttributeError, TypeError):  # a read-only slot: nothing a learner could change
+                        pass
+        torch = self.torch
+        if torch is None:
+            return
+        torch.set_default_dtype(self.dtype)
+        torch.set_grad_enabled(self.grad)
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        if self.device is not None and torch.get_default_device() != self.device:
+            torch.set_default_device(self.device)
+        torch.random.set_rng_state(self.rng)
+
+
+def _protected(step: Callable[[], Any], timeout_s: float | None) -> tuple[Any, str]:
+    """Run one of the checker's own steps under the time limit: ``(value, "")`` or ``(None, what went wrong)``."""
+    outcome = _run_limited(step, (), {}, timeout_s)
+    if outcome.timed_out:
+        return None, f"did not finish within {timeout_s:g} s"
+    if outcome.error is not None:
+        try:
+            text = f"{type(outcome.error).__name__}: {str(outcome.error)[:160]}"
+        except Exception:  # noqa: BLE001 - an exception whose __str__ fails
+            text = type(outcome.error).__name__
+        return None, text
+    return outcome.value, ""
+
+
+def _run_case(fn: Callable, reference: Callable | None, case: Case, result: CaseResult, report: CheckReport,
+              compare: Callable | None, timeout_s: float | None, atol: float, rtol: float, check_dtype: bool,
+              allow_mutation: bool, state: _GlobalState) -> bool:
+    """Fill ``result`` for one case; True when the learner's function could not be stopped."""
+
+    def prepare() -> tuple[str, Any, str]:  # the input summary and the reference's answer
+        expected = (copy.deepcopy(case.expected) if case.expected is not _MISSING
+                    else reference(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs)))
+        return _describe_args(reference, fn, case), expected, summarize(expected)
+
+    prepared, problem = _protected(prepare, timeout_s)
+    if problem:
+        result.reason = (f"the checker's reference solution could not run ({problem}); if your function "
+                         f"changed torch itself, restart the kernel and run the check again")
+        return False
+    result.input, expected, result.expected = prepared
+
+    args, kwargs = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
+    try:
+        outcome = _run_limited(fn, args, kwargs, timeout_s)
+    finally:
+        state.restore()  # torch.softmax = None, another default dtype, ...: undone before judging
+    result.seconds = outcome.seconds
+    if outcome.error is not None and _is_placeholder(outcome.error):
+        report.not_done = True
+        result.status = NOT_DONE
+        return False
+    if outcome.timed_out:
+        if outcome.stopped:
+            result.reason = (f"did not return within {timeout_s:g} s, so it was stopped "
+                             f"(an endless loop? check the loop's exit condition)")
+        else:
+            result.reason = (f"did not return within {timeout_s:g} s and could not be stopped: it is stuck "
+                             f"inside one long C call (e.g. a huge tensor operation) or catches every "
+                             f"exception, and keeps running in the background; if the notebook gets slow, "
+                             f"restart the kernel")
+        result.received = "(nothing: stopped at the time limit)"
+        return True
+    if outcome.error is not None:
+        described, problem = _protected(lambda: _describe_error(outcome.error, fn), timeout_s)
+        result.reason = described or f"raised {type(outcome.error).__name__} (its message could not be shown)"
+        result.received = f"{type(outcome.error).__name__} instead of a value"
+        return False
+
+    def judge() -> tuple[str, str | None]:  # the summary of the learner's answer and what is wrong with it
+        received = plain(outcome.value)
+        summary = summarize(received)
+        if compare is not None:
+            try:
+                verdict = compare(expected, received)
+            except Exception as err:
+                verdict = f"could not be checked ({type(err).__name__}: {err})"
+            msg = None if verdict is None or verdict is True else (
+                "output is not what was expected" if verdict is False else str(verdict))
+        else:
+            try:
+                msg = _compare(expected, received, atol, rtol, check_dtype, "output")
+            except Exception as err:  # e.g. a sparse or meta tensor
+                msg = f"output could not be compared with the expected value ({type(err).__name__}: {err})"
+        changed = [] if allow_mutation else _mutated(case, args, kwargs)
+        if changed:
+            names = ", ".join(f"`{_arg_name(reference, fn, k)}`" for k in changed)
+            msg = (f"it changed its input {names} in place (e.g. `x /= t` or `x[...] = ...`); "
+                   f"compute a new value instead" + (f"; also {msg}" if msg else ""))
+        return summary, msg
+
+    judged, problem = _protected(judge, timeout_s)
+    if problem:
+        result.received = f"a {type(outcome.value).__name__} (could not be shown)"
+        result.reason = f"what your function returned could not be checked ({problem}): return plain values"
+        return False
+    result.received, msg = judged
+    if msg:
+        result.reason = msg
+    else:
+        result.status = PASSED
+    return False
 
 
 def check_function(
@@ -735,27 +919,32 @@ def check_function(
         TypeError/ValueError: for a mistake in the *checker* (not in the learner's function):
             bad cases, reference, tolerances or exercise label.
     """
-    if not isinstance(exercise, str) or not exercise:
-        raise TypeError(f"exercise must be a non-empty str label like 'ex-01-softmax', got {exercise!r}")
+    _checks.instance("exercise", exercise, str, "non-empty str label like 'ex-01-softmax'")
+    if not exercise:
+        raise ValueError("exercise must be a non-empty str label like 'ex-01-softmax', got ''")
     if reference is not None and not callable(reference):
         raise TypeError(f"reference must be callable or None, got {type(reference).__name__}")
     if compare is not None and not callable(compare):
         raise TypeError(f"compare must be callable or None, got {type(compare).__name__}")
-    if isinstance(cases, Case) or not isinstance(cases, Sequence) or not cases:
+    if isinstance(cases, Case) or not isinstance(cases, Sequence):
         raise TypeError(f"cases must be a non-empty list of Case, got {cases!r:.80}")
+    if not cases:
+        raise ValueError("cases must be a non-empty list of Case, got an empty one")
     for i, c in enumerate(cases):
         if not isinstance(c, Case):
             raise TypeError(f"cases[{i}] must be a Case, got {type(c).__name__}")
         if reference is None and c.expected is _MISSING:
             raise ValueError(f"cases[{i}] ({c.label!r}) has no expected value and reference is None")
-    for label, v in (("atol", atol), ("rtol", rtol)):
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 or math.isnan(v):
-            raise ValueError(f"{label} must be a non-negative number, got {v!r}")
-    if timeout_s is not None and (not isinstance(timeout_s, (int, float)) or isinstance(timeout_s, bool)
-                                  or not timeout_s > 0):
-        raise ValueError(f"timeout_s must be a positive number of seconds or None, got {timeout_s!r}")
-    if not isinstance(max_details, int) or max_details < 0:
-        raise ValueError(f"max_details must be a non-negative int, got {max_details!r}")
+    atol = _checks.number("atol", atol, low=0.0)
+    rtol = _checks.number("rtol", rtol, low=0.0)
+    if timeout_s is not None:
+        timeout_s = _checks.number("timeout_s", timeout_s, low=0.0, low_open=True)
+    check_dtype = _checks.boolean("check_dtype", check_dtype)
+    allow_mutation = _checks.boolean("allow_mutation", allow_mutation)
+    max_details = _checks.integer("max_details", max_details, low=0)
+    if name is not None:
+        _checks.instance("name", name, str, "str or None")
+    quiet = _checks.boolean("quiet", quiet)
 
     fname = name or (_name_of(fn) if callable(fn) else "your function")
     report = CheckReport(exercise=exercise, function=fname, max_details=max_details)
@@ -767,73 +956,24 @@ def check_function(
             report.show()
         return report
 
+    state = _GlobalState()
     stuck = False
-    for i, case in enumerate(cases):
-        label = case.label or f"case {i + 1}"
-        if stuck:  # one runaway is enough: don't wait for the time limit again on every case
-            report.cases.append(CaseResult(label=label, status=FAILED,
-                                           reason="not run (an earlier case did not return in time)"))
-            continue
-        c_atol = atol if case.atol is None else case.atol
-        c_rtol = rtol if case.rtol is None else case.rtol
-        result = CaseResult(label=label, status=FAILED, hint=case.hint,
-                            input=_describe_args(reference, fn, case))
-        if case.expected is not _MISSING:
-            expected = copy.deepcopy(case.expected)
-        else:
-            expected = reference(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
-        result.expected = summarize(expected)
-
-        args, kwargs = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
-        outcome = _run_limited(fn, args, kwargs, timeout_s)
-        result.seconds = outcome.seconds
-        if outcome.error is not None and _is_placeholder(outcome.error):
-            report.not_done = True
-            result.status = NOT_DONE
+    try:
+        for i, case in enumerate(cases):
+            label = case.label or f"case {i + 1}"
+            if stuck:  # one runaway is enough: don't wait for the time limit again on every case
+                report.cases.append(CaseResult(label=label, status=FAILED,
+                                               reason="not run (an earlier case did not return in time)"))
+                continue
+            result = CaseResult(label=label, status=FAILED, hint=case.hint)
+            stuck = _run_case(fn, reference, case, result, report, compare, timeout_s,
+                              case.atol if case.atol is not None else atol,
+                              case.rtol if case.rtol is not None else rtol, check_dtype, allow_mutation, state)
             report.cases.append(result)
-            break
-        if outcome.timed_out:
-            if outcome.stopped:
-                result.reason = (f"did not return within {timeout_s:g} s, so it was stopped "
-                                 f"(an endless loop? check the loop's exit condition)")
-            else:
-                result.reason = (f"did not return within {timeout_s:g} s and could not be stopped: it is stuck "
-                                 f"inside one long C call (e.g. a huge tensor operation) or catches every "
-                                 f"exception, and keeps running in the background; if the notebook gets slow, "
-                                 f"restart the kernel")
-            result.received = "(nothing: stopped at the time limit)"
-            stuck = True
-        elif outcome.error is not None:
-            result.reason = _describe_error(outcome.error, fn)
-            result.received = f"{type(outcome.error).__name__} instead of a value"
-        else:
-            result.received = summarize(outcome.value)
-            if compare is not None:
-                try:
-                    verdict = compare(expected, outcome.value)
-                except Exception as err:
-                    verdict = f"could not be checked ({type(err).__name__}: {err})"
-                if verdict is None or verdict is True:
-                    msg = None
-                elif verdict is False:
-                    msg = "output is not what was expected"
-                else:
-                    msg = str(verdict)
-            else:
-                try:
-                    msg = compare_values(expected, outcome.value, atol=c_atol, rtol=c_rtol, check_dtype=check_dtype)
-                except Exception as err:  # e.g. a sparse or meta tensor
-                    msg = f"output could not be compared with the expected value ({type(err).__name__}: {err})"
-            changed = [] if allow_mutation else _mutated(case, args, kwargs)
-            if changed:
-                names = ", ".join(f"`{_arg_name(reference, fn, k)}`" for k in changed)
-                msg = (f"it changed its input {names} in place (e.g. `x /= t` or `x[...] = ...`); "
-                       f"compute a new value instead" + (f"; also {msg}" if msg else ""))
-            if msg:
-                result.reason = msg
-            else:
-                result.status = PASSED
-        report.cases.append(result)
+            if report.not_done:
+                break
+    finally:
+        state.restore()
 
     if not quiet:
         report.show()
