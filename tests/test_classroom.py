@@ -316,7 +316,7 @@ def test_grade_executed_reads_outputs():
         return [{"output_type": "stream", "name": "stdout", "text": text}]
 
     nb = notebook(exercise("ex-01-a", "A"), code("check(a)", "check"),
-                  exercise("ex-01-b", "B"), code("check(b)", "check"),
+                  exercise("ex-01-b", "B"), code("check(b1); check(b2)", "check"),
                   exercise("ex-01-c", "C"), code("check(c)", "check"),
                   exercise("ex-01-d", "D"),
                   exercise("ex-01-e", "E"), code("check(e)", "check"))
@@ -378,3 +378,21 @@ def test_grade_command_bad_arguments(tmp_path, capsys):
     assert "no such notebook" in capsys.readouterr().err
     assert classroom.main(["grade", str(FIXTURE), "--timeout", "0"]) == 2
     assert "--timeout must be a positive number of seconds, got 0" in capsys.readouterr().err
+
+
+def test_grade_counts_only_the_exercises_own_check_cell_for_the_function_it_names():
+    def out(text):
+        return [{"output_type": "stream", "name": "stdout", "text": text}]
+
+    nb = notebook(exercise("ex-01-a", "A"), code("print('hi')"), code("check_a(a)", "check"),
+                  exercise("ex-01-b", "B"), code("check_b(b)", "check"))
+    # A learner's own cell prints a fake PASSED for ex-01-a: ignored.
+    nb["cells"][2]["outputs"] = out("ex-01-a · a: PASSED (3/3 cases)\n")
+    # The real check of ex-01-a fails; the learner's function also printed a PASSED for another
+    # function name, and one for another exercise: both ignored.
+    nb["cells"][3]["outputs"] = out("ex-01-a · cheat: PASSED (3/3 cases)\nex-01-b · b: PASSED (1/1 cases)\n"
+                                    "ex-01-a · a: FAILED (0/3 cases passed)\n")
+    nb["cells"][5]["outputs"] = out("ex-01-a · a: PASSED (3/3 cases)\n")  # ex-01-a's verdict in ex-01-b's cell
+    rows = grade_executed(nb)
+    assert [(r.exercise, r.status, r.functions) for r in rows] == [
+        ("ex-01-a", "failed", ["a"]), ("ex-01-b", "no verdict", [])]

@@ -47,11 +47,14 @@ import argparse
 import ast
 import copy
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from transformer_book import _checks
 
 __all__ = [
     "ExerciseFormatError",
@@ -487,10 +490,20 @@ def _to_node(nb: dict) -> Any:
 
 
 def grade_executed(nb: dict, where: str = "notebook") -> list[GradeRow]:
-    """Read the verdicts out of an executed notebook: one row per exercise, in order."""
+    """Read the verdicts out of an executed notebook: one row per exercise, in order.
+
+    Only a verdict printed by an exercise's own check cell (the cell tagged ``check`` after
+    the exercise's statement) counts, and only one that names this exercise and a function
+    the check cell names in its source (``check_softmax_t(softmax_t)`` names ``softmax_t``).
+    A "PASSED" printed anywhere else -- by a learner's own cell, by the learner's function, or
+    for another exercise -- is ignored. When a check prints several verdicts, the worst wins.
+    """
+    _checks.instance("nb", nb, dict, "notebook dict")
+    if not isinstance(nb.get("cells"), list):
+        raise ValueError(f"nb must be a notebook with a 'cells' list ({where}), got keys {sorted(nb)[:5]}")
     rows: dict[str, GradeRow] = {}
     current: GradeRow | None = None
-    for cell in nb.get("cells", []):
+    for cell in nb["cells"]:
         text = _source(cell)
         if cell.get("cell_type") == "markdown":
             m = _EXERCISE_RE.search(text)
@@ -499,23 +512,26 @@ def grade_executed(nb: dict, where: str = "notebook") -> list[GradeRow]:
                 current = rows.setdefault(lm.group("label"), GradeRow(lm.group("label"), m.group("title").strip()))
                 current.status = "not checked"
             continue
-        if cell.get("cell_type") != "code":
+        if cell.get("cell_type") != "code" or current is None or CHECK_TAG not in _tags(cell):
             continue
+        named = set(_IDENTIFIER_RE.findall(text))
         outputs = cell.get("outputs", [])
         found = False
         for out in outputs:
             for v in VERDICT_RE.finditer(_output_text(out)):
-                found = True
-                row = rows.setdefault(v.group("exercise"), GradeRow(v.group("exercise")))
-                _add_verdict(row, v)
-        is_check = CHECK_TAG in _tags(cell)
+                if v.group("exercise") == current.exercise and v.group("function") in named:
+                    found = True
+                    _add_verdict(current, v)
         errors = [o for o in outputs if o.get("output_type") == "error"]
-        if current is not None and is_check and not found:
+        if not found:
             if errors:
                 current.status, current.detail = "error", _output_text(errors[0])[:120]
             elif current.status == "not checked":
                 current.status, current.detail = "no verdict", "the check cell printed no verdict"
     return list(rows.values())
+
+
+_IDENTIFIER_RE = re.compile(r"[A-Za-z_]\w*")
 
 
 _RANK = {"not checked": 0, "no verdict": 1, "passed": 2, "not done": 3, "failed": 4, "error": 5}
@@ -537,6 +553,10 @@ def grade_notebook(path: Path, *, timeout: int = 600, kernel_name: str = "python
 
     This runs the learner's code: do it in a container or a throw-away account.
     """
+    path = Path(_checks.instance("path", path, (str, os.PathLike), "path to a notebook"))
+    if not path.is_file():
+        raise ValueError(f"path {str(path)!r} is not a notebook file")
+    timeout = _checks.positive_int("timeout", timeout)
     nb = _load(path)
     executed = execute_notebook(nb, cwd=path.resolve().parent, timeout=timeout, kernel_name=kernel_name)
     return grade_executed(executed, str(path))
