@@ -255,7 +255,10 @@ def test_two_processes_follow_the_single_process_loss_curve(two_process_run, sin
     assert max(gaps) <= CURVE_TOLERANCE, gaps
     assert two["losses"][-1] < two["losses"][0] - 0.5  # it does learn
     one_weights = torch.load(single_run[0] / "final.pt", weights_only=True)
-    assert max(float((two_weights[k] - one_weights[k]).abs().max()) for k in one_weights) <= CURVE_TOLERANCE
+    # AdamW divides each gradient by its running RMS: where a gradient is nearly zero, rounding
+    # can change an update by up to the learning rate, so the weights get a tenth of it.
+    gap = max(float((two_weights[k] - one_weights[k]).abs().max()) for k in one_weights)
+    assert gap <= SETTINGS.lr / 10, gap
 
 
 @pytest.mark.slow

@@ -66,6 +66,7 @@ __all__ = [
     "rank_batch",
     "build_model",
     "average_gradients",
+    "fully_shard_gpt",
     "state_digest",
     "training_bytes",
     "run_training",
@@ -252,6 +253,23 @@ def build_model(config: GPTConfig, seed: int = 0) -> GPT:
     """
     torch.manual_seed(seed)
     return GPT(config)
+
+
+def fully_shard_gpt(model: GPT) -> GPT:
+    """Shard ``model`` over the ranks with FSDP2 (``fully_shard``), one unit per block; returns it.
+
+    Each parameter becomes a ``DTensor`` of which this rank keeps ``1 / W`` (dimension 0 split).
+    A unit's full weights are all-gathered just before its forward (and again for its backward)
+    and freed after; its gradients are reduce-scattered, averaged over the ranks, each rank
+    keeping its shard. The root call takes what is left: the embeddings (tied with the head)
+    and the final norm. Needs a process group (after :meth:`World.join`).
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.h:
+        fully_shard(block)
+    fully_shard(model)
+    return model
 
 
 def average_gradients(model: nn.Module, world_size: int) -> None:
@@ -458,6 +476,7 @@ def parity_worker(settings: Settings, out: str | os.PathLike, world: World) -> d
     ``W`` would be the sum-instead-of-mean bug), bytes held per rank, and timings.
     """
     check_batch(settings.batch_size, world.world_size, 2, where=world.tag())  # the no_sync run uses 2 micro-batches
+    Path(out).mkdir(parents=True, exist_ok=True)
     _, windows = token_windows(settings)
     config = settings.model_config(vocab_size=VOCAB_SIZE)
     world.join()
@@ -500,23 +519,20 @@ def parity_worker(settings: Settings, out: str | os.PathLike, world: World) -> d
 
     fsdp_note = ""
     try:
-        from torch.distributed.fsdp import fully_shard
-    except ImportError as err:  # older torch: no FSDP2
+        from torch.distributed.fsdp import fully_shard  # noqa: F401  (FSDP2: torch >= 2.6)
+    except ImportError as err:
         fsdp_note = f"skipped: torch {torch.__version__} has no torch.distributed.fsdp.fully_shard ({err})"
     if not fsdp_note:
-        sharded = build_model(config, settings.seed)
+        sharded = fully_shard_gpt(build_model(config, settings.seed))
         with warnings.catch_warnings():
             # Each block returns its keys/values (views) beside its output; training never writes
             # into them in place, so FSDP's warning about in-place ops on views does not apply.
             warnings.filterwarnings("ignore", message=".*returned a view tensor.*")
-            for block in sharded.h:
-                fully_shard(block)  # one all-gather / reduce-scatter unit per block
-            fully_shard(sharded)  # the rest: embeddings (tied with the head), final norm
-            sharded(x, y).loss.backward()
-        grads = [_full(p.grad) for p in sharded.parameters()]  # all-gather, on every rank
+            sharded(x, y).loss.backward()  # gradients are reduce-scattered: each rank keeps a shard
+        grads = [_full(p.grad) for p in sharded.parameters()]  # all-gather the shards, on every rank
         results["FSDP (fully_shard)"] = _max_diff(grads, ref)
         flat_g, flat_r = torch.cat([g.flatten() for g in grads]), torch.cat([g.flatten() for g in ref])
-        report_scale = float(flat_g @ flat_r / (flat_r @ flat_r))
+        report_scale = float(flat_g @ flat_r / (flat_r @ flat_r))  # 1 = averaged, W = summed
         fsdp_opt = _optimizer(sharded, settings)
         fsdp_opt.step()
         report["bytes_fsdp"] = _measured_bytes(sharded, fsdp_opt)
