@@ -13,7 +13,9 @@ from transformer_book.data.numbers import english_vocab, german_vocab, number_pa
 from transformer_book.seq2seq import (
     ATTENTIONS,
     AdditiveAttention,
+    Decoder,
     DotProductAttention,
+    Encoder,
     Seq2Seq,
     additive_scores,
     dot_scores,
@@ -97,7 +99,7 @@ def test_attention_functions_reject_bad_input():
     q, k = torch.randn(2, 3, 4), torch.randn(2, 5, 4)
     with pytest.raises(ValueError, match=r"query \(B, T, C\) and keys \(B, S, C\) must share B and C.*\(2, 3, 4\).*\(2, 5, 6\)"):
         dot_scores(q, torch.randn(2, 5, 6))
-    with pytest.raises(ValueError, match=r"query must have 3 dimensions, got shape \(3, 4\)"):
+    with pytest.raises(ValueError, match=r"query must have 3 dimensions( \(B, T, C\))?, got shape \(3, 4\)"):
         dot_scores(q[0], k)
     with pytest.raises(TypeError, match="keys must be a floating-point tensor, got dtype torch.int64"):
         dot_scores(q, k.long())
@@ -269,11 +271,11 @@ def test_translate_returns_tokens_and_attention_matrix_and_names_unknown_words()
     assert translate(model, 24).source == translate(model, "24").source == ["twenty", "four"]
     assert translate(model, "one hundred and one").source == ["one", "hundred", "one"]
     assert translate(make("none"), "seven").weights is None
-    with pytest.raises(ValueError, match=r"unknown words \['fourty', 'zwo'\] in 'fourty zwo two'"):
+    with pytest.raises(ValueError, match=r"text has unknown words \['fourty', 'zwo'\] in 'fourty zwo two'"):
         translate(model, "fourty zwo two")
     with pytest.raises(ValueError, match="no words to translate"):
         translate(model, " , ")
-    with pytest.raises(ValueError, match=r"value must be an int in \[0, 999999\], got 1000000"):
+    with pytest.raises(ValueError, match=r"text: value must be an int in \[0, 999999\], got 1000000"):
         translate(model, "1000000")
     with pytest.raises(TypeError, match="text must be a str or an int, got float"):
         source_words(2.5, EN)
@@ -319,9 +321,26 @@ def test_train_and_evaluate_reject_bad_input():
         train_model(model, [])
     with pytest.raises(ValueError, match=r"epochs must be a positive int, got 0"):
         train_model(model, PAIRS, epochs=0)
-    with pytest.raises(ValueError, match=r"lr must be a positive number, got -1"):
+    with pytest.raises(ValueError, match=r"lr must be a (finite |positive )?number( > 0(\.0)?)?, got -1"):
         train_model(model, PAIRS, lr=-1)
     with pytest.raises(ValueError, match=r"pairs\[0\] must be a pair"):
         evaluate(model, [["one"]])
     with pytest.raises(TypeError, match="model must be a Seq2Seq, got Linear"):
         evaluate(nn.Linear(2, 2), PAIRS)
+
+
+# --------------------------------------------------------------------------- issue 10
+def test_mixed_dtypes_and_bad_sizes_are_named():
+    q, k = torch.randn(2, 3, 4), torch.randn(2, 5, 4, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"query (torch\.)?float32, keys (torch\.)?float64"):
+        dot_scores(q, k)
+    with pytest.raises(TypeError, match="vocab_size must be a positive int"):
+        Encoder(4.0, 4, 6)
+    with pytest.raises(ValueError, match="pad_id must be an int in"):
+        Encoder(10, 4, 6, pad_id=10)
+    with pytest.raises(TypeError, match="attention must be a nn.Module"):
+        Decoder(10, 4, 6, attention="additive")
+    with pytest.raises(TypeError, match="seed must be an int"):
+        train_model(make("dot"), PAIRS, seed="0")
+    with pytest.raises(TypeError, match="pairs must be a non-empty list"):
+        train_model(make("dot"), None)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from transformer_book import _checks
 from transformer_book.data.numbers import Vocab, english_words, join_german, parse_number
 
 __all__ = [
@@ -66,19 +67,9 @@ def _shape(x: object) -> str:
     return str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
 
 
-def _check_float(name: str, x: object, dim: int) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        got = f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise TypeError(f"{name} must be a floating-point tensor, got {got}")
-    if x.dim() != dim:
-        raise ValueError(f"{name} must have {dim} dimensions, got shape {_shape(x)}")
-    return x
-
-
 def _check_tokens(name: str, tokens: object, vocab_size: int) -> torch.Tensor:
     """A (B, L) long tensor of ids in [0, vocab_size), else an error naming what is wrong."""
-    if not isinstance(tokens, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(tokens).__name__}")
+    _checks.instance(name, tokens, torch.Tensor, "torch.Tensor of token ids")
     if tokens.dtype != torch.long:
         raise TypeError(f"{name} must have dtype torch.long (token ids), got {tokens.dtype}")
     if tokens.dim() != 2 or tokens.size(0) == 0 or tokens.size(1) == 0:
@@ -113,17 +104,23 @@ def additive_scores(
     Returns:
         ``(B, T, S)`` scores (before the softmax).
     """
-    _check_float("query", query, 3)
-    _check_float("keys", keys, 3)
-    _check_float("w_query", w_query, 2)
-    _check_float("w_key", w_key, 2)
-    _check_float("v", v, 1)
+    _checks.float_tensor("query", query, 3, layout="(B, T, C_q)")
+    _checks.float_tensor("keys", keys, 3, layout="(B, S, C_k)")
+    _checks.float_tensor("w_query", w_query, 2, layout="(A, C_q)")
+    _checks.float_tensor("w_key", w_key, 2, layout="(A, C_k)")
+    _checks.float_tensor("v", v, 1, layout="(A,)")
+    _checks.same_dtype(query=query, keys=keys, w_query=w_query, w_key=w_key, v=v)
     if keys.size(0) != query.size(0):
         raise ValueError(f"query and keys must share the batch size B, got {_shape(query)} and {_shape(keys)}")
     if w_query.shape != (v.size(0), query.size(-1)):
         raise ValueError(f"w_query must have shape (A, C_q) = ({v.size(0)}, {query.size(-1)}), got {_shape(w_query)}")
     if w_key.shape != (v.size(0), keys.size(-1)):
         raise ValueError(f"w_key must have shape (A, C_k) = ({v.size(0)}, {keys.size(-1)}), got {_shape(w_key)}")
+    return _additive(query, keys, w_query, w_key, v)
+
+
+def _additive(query: torch.Tensor, keys: torch.Tensor, w_query: torch.Tensor, w_key: torch.Tensor,
+              v: torch.Tensor) -> torch.Tensor:
     q = query @ w_query.T  # (B, T, A)
     k = keys @ w_key.T  # (B, S, A)
     # Broadcast to every (query, key) pair: (B, T, 1, A) + (B, 1, S, A) -> (B, T, S, A).
@@ -132,8 +129,9 @@ def additive_scores(
 
 def dot_scores(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """Dot-product (Luong) scores ``e[b, i, j] = q_i . k_j``: ``(B, T, C), (B, S, C) -> (B, T, S)``."""
-    _check_float("query", query, 3)
-    _check_float("keys", keys, 3)
+    _checks.float_tensor("query", query, 3, layout="(B, T, C)")
+    _checks.float_tensor("keys", keys, 3, layout="(B, S, C)")
+    _checks.same_dtype(query=query, keys=keys)
     if keys.size(0) != query.size(0) or keys.size(-1) != query.size(-1):
         raise ValueError(
             f"query (B, T, C) and keys (B, S, C) must share B and C, got {_shape(query)} and {_shape(keys)}"
@@ -150,19 +148,22 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None = None) -> to
 
     A row with nothing to attend to gets all-zero weights (not NaN).
     """
-    if not isinstance(scores, torch.Tensor) or not scores.is_floating_point():
-        raise TypeError(f"scores must be a floating-point tensor, got {type(scores).__name__}")
+    _checks.float_tensor("scores", scores, min_dim=1, layout="(..., S)")
     if mask is None:
         return scores.softmax(dim=-1)
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        got = f"dtype {mask.dtype}" if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise TypeError(f"mask must be a boolean tensor (True = may attend), got {got}")
+    _checks.tensor("mask", mask)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a boolean tensor (True = may attend), got dtype {mask.dtype}")
     try:
-        mask = mask.expand_as(scores)
+        broadcast = torch.broadcast_shapes(mask.shape, scores.shape)
     except RuntimeError:
-        raise ValueError(
-            f"mask of shape {_shape(mask)} does not broadcast to scores of shape {_shape(scores)}"
-        ) from None
+        broadcast = None
+    if broadcast != scores.shape:
+        raise ValueError(f"mask of shape {_shape(mask)} does not broadcast to scores of shape {_shape(scores)}")
+    return _masked_softmax(scores, mask)
+
+
+def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     # exp(-inf) = 0 exactly; a fully masked row would be 0/0 = NaN, so zero it afterwards.
     weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
     return weights.masked_fill(~mask, 0.0)
@@ -174,19 +175,19 @@ class AdditiveAttention(nn.Module):
     def __init__(self, query_dim: int, key_dim: int, attn_dim: int):
         super().__init__()
         for name, value in (("query_dim", query_dim), ("key_dim", key_dim), ("attn_dim", attn_dim)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            _checks.positive_int(name, value)
         self.w_query = nn.Linear(query_dim, attn_dim, bias=False)
         self.w_key = nn.Linear(key_dim, attn_dim, bias=False)
         self.v = nn.Parameter(torch.empty(attn_dim).uniform_(-1, 1) / math.sqrt(attn_dim))
 
     def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """``(B, T, C_q), (B, S, C_k) -> (B, T, S)``."""
-        return additive_scores(query, keys, self.w_query.weight, self.w_key.weight, self.v)
+        return _additive(query, keys, self.w_query.weight, self.w_key.weight, self.v)
 
     def forward(self, query, keys, mask=None):
         """Context ``(B, T, C_k)`` and weights ``(B, T, S)``; ``mask`` broadcastable to ``(B, T, S)``."""
-        weights = masked_softmax(self.score(query, keys), mask)
+        scores = self.score(query, keys)
+        weights = scores.softmax(dim=-1) if mask is None else _masked_softmax(scores, mask.expand_as(scores))
         return weights @ keys, weights
 
 
@@ -195,11 +196,12 @@ class DotProductAttention(nn.Module):
 
     def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """``(B, T, C), (B, S, C) -> (B, T, S)``."""
-        return dot_scores(query, keys)
+        return query @ keys.transpose(1, 2)
 
     def forward(self, query, keys, mask=None):
         """Context ``(B, T, C)`` and weights ``(B, T, S)``; ``mask`` broadcastable to ``(B, T, S)``."""
-        weights = masked_softmax(self.score(query, keys), mask)
+        scores = self.score(query, keys)
+        weights = scores.softmax(dim=-1) if mask is None else _masked_softmax(scores, mask.expand_as(scores))
         return weights @ keys, weights
 
 
@@ -211,8 +213,10 @@ class Encoder(nn.Module):
 
     def __init__(self, vocab_size: int, emb_dim: int, hidden_dim: int, pad_id: int = 0):
         super().__init__()
-        if hidden_dim % 2:
+        vocab_size, emb_dim = _checks.positive_int("vocab_size", vocab_size), _checks.positive_int("emb_dim", emb_dim)
+        if _checks.positive_int("hidden_dim", hidden_dim) % 2:
             raise ValueError(f"hidden_dim must be even (two directions of hidden_dim // 2), got {hidden_dim}")
+        _checks.integer("pad_id", pad_id, 0, vocab_size - 1)
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=pad_id)
         self.gru = nn.GRU(emb_dim, hidden_dim // 2, batch_first=True, bidirectional=True)
 
@@ -234,6 +238,11 @@ class Decoder(nn.Module):
 
     def __init__(self, vocab_size: int, emb_dim: int, hidden_dim: int, attention: nn.Module | None, pad_id: int = 0):
         super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("emb_dim", emb_dim), ("hidden_dim", hidden_dim)):
+            _checks.positive_int(name, value)
+        _checks.integer("pad_id", pad_id, 0, vocab_size - 1)
+        if attention is not None:
+            _checks.instance("attention", attention, nn.Module, "nn.Module (AdditiveAttention, DotProductAttention) or None")
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=pad_id)
         self.gru = nn.GRU(emb_dim, hidden_dim, batch_first=True)
         self.attention = attention
@@ -279,13 +288,12 @@ class Seq2Seq(nn.Module):
     ):
         super().__init__()
         for name, vocab in (("src_vocab", src_vocab), ("tgt_vocab", tgt_vocab)):
-            if not isinstance(vocab, Vocab):
-                raise TypeError(f"{name} must be a Vocab, got {type(vocab).__name__}")
-        if attention not in ATTENTIONS:
-            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+            _checks.instance(name, vocab, Vocab)
+        _checks.one_of("attention", attention, ATTENTIONS)
         for name, value in (("emb_dim", emb_dim), ("hidden_dim", hidden_dim)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            _checks.positive_int(name, value)
+        if attn_dim is not None:
+            _checks.positive_int("attn_dim", attn_dim)
         self.src_vocab, self.tgt_vocab, self.kind = src_vocab, tgt_vocab, attention
         if attention == "additive":
             attn = AdditiveAttention(hidden_dim, hidden_dim, attn_dim or hidden_dim)
@@ -337,10 +345,8 @@ def greedy_decode(model: Seq2Seq, src: torch.Tensor, max_len: int = 32) -> tuple
         tokens ``(B, T_out)`` (``<eos>`` included, ``<pad>`` after it) and the attention
         weights ``(B, T_out, S)`` (None without attention). Stops when every row has ended.
     """
-    if not isinstance(model, Seq2Seq):
-        raise TypeError(f"model must be a Seq2Seq, got {type(model).__name__}")
-    if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 1:
-        raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+    _checks.instance("model", model, Seq2Seq)
+    max_len = _checks.positive_int("max_len", max_len)
     was_training = model.training
     model.eval()
     try:
@@ -379,20 +385,26 @@ def source_words(text: str | int, vocab: Vocab) -> list[str]:
     Words are lower-cased, hyphens split, commas and "and" dropped, like the training data.
     Unknown words raise a ValueError that names them.
     """
-    if isinstance(text, int) and not isinstance(text, bool):
-        return english_words(text)
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str or an int, got {type(text).__name__}")
+    _checks.instance("text", text, (str, int), "str or an int")
+    _checks.instance("vocab", vocab, Vocab)
+    if isinstance(text, int):
+        try:
+            return english_words(_checks.integer("text", text))
+        except ValueError as exc:
+            raise ValueError(f"text: {exc}") from None
     value = parse_number(text)
     if value is not None:
-        return english_words(value)
+        try:
+            return english_words(value)
+        except ValueError as exc:
+            raise ValueError(f"text: {exc}") from None
     words = [w for w in re.split(r"[\s,\-]+", text.lower()) if w and w != "and"]
     if not words:
         raise ValueError(f"text {text!r} has no words to translate")
     unknown = vocab.unknown(words)
     if unknown:
         raise ValueError(
-            f"unknown words {unknown} in {text!r}; the model knows only these words: "
+            f"text has unknown words {unknown} in {text!r}; the model knows only these words: "
             f"{', '.join(vocab.itos[3:])} (or type the number in digits)"
         )
     return words
@@ -405,8 +417,8 @@ def translate(model: Seq2Seq, text: str | int, max_len: int = 32) -> Translation
     >>> t.target, t.text, t.weights.shape          # doctest: +SKIP
     (['vier', 'und', 'zwanzig'], 'vierundzwanzig', torch.Size([3, 2]))
     """
-    if not isinstance(model, Seq2Seq):
-        raise TypeError(f"model must be a Seq2Seq, got {type(model).__name__}")
+    _checks.instance("model", model, Seq2Seq)
+    max_len = _checks.positive_int("max_len", max_len)
     words = source_words(text, model.src_vocab)
     device = next(model.parameters()).device
     src = model.src_vocab.encode_batch([words]).to(device)
@@ -427,11 +439,13 @@ def _batches(vocab_src: Vocab, vocab_tgt: Vocab, pairs):
 
 
 def _check_pairs(name: str, pairs: object) -> None:
-    if not isinstance(pairs, Sequence) or isinstance(pairs, str) or len(pairs) == 0:
-        raise ValueError(f"{name} must be a non-empty list of (source words, target words), got {type(pairs).__name__}")
-    first = pairs[0]
-    if not (isinstance(first, (tuple, list)) and len(first) == 2):
-        raise ValueError(f"{name}[0] must be a pair (source words, target words), got {first!r}")
+    if not isinstance(pairs, Sequence) or isinstance(pairs, str):
+        raise TypeError(f"{name} must be a non-empty list of (source words, target words), got {type(pairs).__name__}")
+    if len(pairs) == 0:
+        raise ValueError(f"{name} must be a non-empty list of (source words, target words), got an empty one")
+    for i, pair in enumerate(pairs):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise ValueError(f"{name}[{i}] must be a pair (source words, target words), got {pair!r}")
 
 
 def train_model(
@@ -459,15 +473,12 @@ def train_model(
     """
     from tqdm.auto import tqdm
 
-    if not isinstance(model, Seq2Seq):
-        raise TypeError(f"model must be a Seq2Seq, got {type(model).__name__}")
+    _checks.instance("model", model, Seq2Seq)
     _check_pairs("pairs", pairs)
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    for name, value in (("lr", lr), ("clip", clip)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-            raise ValueError(f"{name} must be a positive number, got {value!r}")
+    epochs, batch_size = _checks.positive_int("epochs", epochs), _checks.positive_int("batch_size", batch_size)
+    lr = _checks.number("lr", lr, low=0.0, low_open=True)
+    clip = _checks.number("clip", clip, low=0.0, low_open=True)
+    seed, progress = _checks.integer("seed", seed), _checks.boolean("progress", progress)
     device = next(model.parameters()).device
     src_all, tgt_all = _batches(model.src_vocab, model.tgt_vocab, pairs)
     src_all, tgt_all = src_all.to(device), tgt_all.to(device)
@@ -533,11 +544,11 @@ def evaluate(
     ``max_len`` (tokens per prediction, ``<eos>`` included) defaults to twice the longest
     target plus 2: enough for any right answer, and a model that never stops is cut there.
     """
-    if not isinstance(model, Seq2Seq):
-        raise TypeError(f"model must be a Seq2Seq, got {type(model).__name__}")
+    _checks.instance("model", model, Seq2Seq)
     _check_pairs("pairs", pairs)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = _checks.positive_int("batch_size", batch_size)
+    if max_len is not None:
+        max_len = _checks.positive_int("max_len", max_len)
     if max_len is None:
         max_len = 2 * max(len(t) for _, t in pairs) + 2
     device = next(model.parameters()).device
