@@ -44,6 +44,8 @@ from typing import NamedTuple
 import torch
 from num2words import num2words
 
+from transformer_book import _checks
+
 __all__ = [
     "MAX_VALUE",
     "SUPPORTED_LANGS",
@@ -101,22 +103,6 @@ so the only place where the order differs is the "units und tens" pattern.
 
 # --------------------------------------------------------------------------- checks
 
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    """``value`` if it is an int (not a bool) in ``[low, high]``; else a ValueError naming it."""
-    accepted = f"an int in [{low}, {high}]" if high is not None else f"an int >= {low}"
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"{name} must be {accepted}, got {value!r} of type {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be {accepted}, got {value!r}")
-    return value
-
-
-def _check_lang(lang: object) -> str:
-    if lang not in SUPPORTED_LANGS:
-        raise ValueError(f"lang must be one of {SUPPORTED_LANGS}, got {lang!r}")
-    return lang  # type: ignore[return-value]
-
-
 # --------------------------------------------------------------------------- words
 
 def english_words(value: int) -> list[str]:
@@ -125,7 +111,7 @@ def english_words(value: int) -> list[str]:
     >>> english_words(372_845)
     ['three', 'hundred', 'seventy', 'two', 'thousand', 'eight', 'hundred', 'forty', 'five']
     """
-    _check_int("value", value, 0, MAX_VALUE)
+    _checks.integer("value", value, 0, MAX_VALUE)
     text = num2words(value, lang="en").replace("-", " ").replace(",", " ")
     return [w for w in text.split() if w != "and"]
 
@@ -136,7 +122,7 @@ def german_word(value: int) -> str:
     >>> german_word(24), german_word(101_000)
     ('vierundzwanzig', 'einhunderteintausend')
     """
-    _check_int("value", value, 0, MAX_VALUE)
+    _checks.integer("value", value, 0, MAX_VALUE)
     return num2words(value, lang="de").replace("einstausend", "eintausend")
 
 
@@ -183,7 +169,7 @@ def join_german(morphemes: Sequence[str]) -> str:
     if isinstance(morphemes, str):
         raise TypeError("morphemes must be a sequence of str, got a single str; "
                         "pass a list such as ['vier', 'und', 'zwanzig']")
-    morphemes = list(morphemes)
+    morphemes = list(_checks.instance("morphemes", morphemes, Iterable, "sequence of str"))
     for i, m in enumerate(morphemes):
         if not isinstance(m, str):
             raise TypeError(f"morphemes[{i}] must be a str, got {type(m).__name__}")
@@ -256,9 +242,9 @@ def sample_numbers(n: int, max_value: int = MAX_VALUE, seed: int = 0) -> list[in
     (there are only ten one-digit numbers) gives all of them and passes the rest on to the
     larger ones. Deterministic for a given ``seed``.
     """
-    _check_int("max_value", max_value, 0, MAX_VALUE)
-    _check_int("n", n, 0, max_value + 1)
-    _check_int("seed", seed, 0)
+    _checks.integer("max_value", max_value, 0, MAX_VALUE)
+    _checks.integer("n", n, 0, max_value + 1)
+    _checks.integer("seed", seed, 0)
     return sample_by_digit_count(n, max_value, seed)
 
 
@@ -310,7 +296,7 @@ def number_pairs(
     The numbers are drawn by :func:`sample_numbers` (even over digit counts). For train /
     validation / test sets that share no number use :func:`number_splits`.
     """
-    _check_lang(lang)
+    _checks.one_of("lang", lang, SUPPORTED_LANGS)
     numbers = sample_numbers(n, max_value=max_value, seed=seed)
     return _pairs(numbers)
 
@@ -345,12 +331,12 @@ def number_splits(
     never saw them could not possibly produce them. ``train_below=0`` turns this off.
     The training pairs are shuffled; validation and test pairs keep the drawing order.
     """
-    _check_lang(lang)
+    _checks.one_of("lang", lang, SUPPORTED_LANGS)
     for name, value in (("n_train", n_train), ("n_valid", n_valid), ("n_test", n_test)):
-        _check_int(name, value, 0)
-    _check_int("max_value", max_value, 0, MAX_VALUE)
-    _check_int("seed", seed, 0)
-    _check_int("train_below", train_below, 0, max_value + 1)
+        _checks.integer(name, value, 0)
+    _checks.integer("max_value", max_value, 0, MAX_VALUE)
+    _checks.integer("seed", seed, 0)
+    _checks.integer("train_below", train_below, 0, max_value + 1)
     total = n_train + n_valid + n_test
     if total > max_value + 1:
         raise ValueError(
@@ -396,11 +382,13 @@ class Vocab:
     def __init__(self, tokens: Iterable[str]):
         if isinstance(tokens, str):
             raise TypeError("tokens must be an iterable of str, got a single str")
+        _checks.instance("tokens", tokens, Iterable, "iterable of str")
         self.itos: list[str] = [PAD, BOS, EOS]
         self.stoi: dict[str, int] = {t: i for i, t in enumerate(self.itos)}
         for t in tokens:
-            if not isinstance(t, str) or not t:
-                raise ValueError(f"tokens must be non-empty str, got {t!r}")
+            _checks.instance("tokens[...]", t, str)
+            if not t:
+                raise ValueError("tokens must be non-empty str, got ''")
             if t not in self.stoi:
                 self.stoi[t] = len(self.itos)
                 self.itos.append(t)

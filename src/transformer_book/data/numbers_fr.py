@@ -28,6 +28,8 @@ from collections.abc import Sequence
 
 from num2words import num2words
 
+from transformer_book import _checks
+
 from transformer_book.data.numbers import (ENGLISH_WORDS, NumberSplits, Vocab, sample_by_digit_count,
                                           split_numbers)
 
@@ -66,28 +68,20 @@ FRENCH_WORDS = (
 _SPACED = {"et", "cent", "cents", "mille", "million", "millions"}
 
 
-def _check_value(value: object, high: int = MAX_VALUE) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"value must be an int in [0, {high}], got {value!r} of type {type(value).__name__}")
-    if not 0 <= value <= high:
-        raise ValueError(f"value must be an int in [0, {high}], got {value!r}")
-    return value
-
-
 def english_words_big(value: int) -> list[str]:
     """English words for ``0 <= value <= 999,999,999``, without "and", commas and hyphens.
 
     >>> english_words_big(2_000_021)
     ['two', 'million', 'twenty', 'one']
     """
-    _check_value(value)
+    _checks.integer("value", value, 0, MAX_VALUE)
     text = num2words(value, lang="en").replace("-", " ").replace(",", " ")
     return [w for w in text.split() if w != "and"]
 
 
 def french_text(value: int) -> str:
     """The French number, as num2words writes it: ``french_text(80) == "quatre-vingts"``."""
-    return num2words(_check_value(value), lang="fr")
+    return num2words(_checks.integer("value", value, 0, MAX_VALUE), lang="fr")
 
 
 def french_words(value: int) -> list[str]:
@@ -129,16 +123,18 @@ def sample_numbers_big(n: int, max_value: int = MAX_VALUE, seed: int = 0) -> lis
     (1 to 9 digits) gets the same share, and one with fewer numbers than its share (there are
     only ten one-digit numbers) gives all of them and passes the rest on. Deterministic by ``seed``.
     """
-    _check_value(max_value)
-    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= max_value + 1:
-        raise ValueError(f"n must be an int in [0, max_value + 1 = {max_value + 1}], got {n!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    _checks.integer("max_value", max_value, 0, MAX_VALUE)
+    _checks.integer("n", n, 0, max_value + 1)  # at most max_value + 1 distinct numbers
+    _checks.integer("seed", seed, 0)
     return sample_by_digit_count(n, max_value, seed)
 
 
 def french_pairs(numbers: Sequence[int]) -> list[tuple[list[str], list[str]]]:
     """(English words, French words) for each number."""
+    if isinstance(numbers, str) or not isinstance(numbers, Sequence):
+        raise TypeError(f"numbers must be a sequence of ints, got {_checks.describe(numbers)}")
+    for i, x in enumerate(numbers):
+        _checks.integer(f"numbers[{i}]", x, 0, MAX_VALUE)
     return [(english_words_big(x), french_words(x)) for x in numbers]
 
 
@@ -149,10 +145,10 @@ def french_splits(n_train: int, n_valid: int, n_test: int, max_value: int = MAX_
     Every drawn number below ``train_below`` goes to training (and counts towards ``n_train``).
     """
     for name, value in (("n_train", n_train), ("n_valid", n_valid), ("n_test", n_test)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        _checks.integer(name, value, 0)
     total = n_train + n_valid + n_test
-    _check_value(max_value)
+    _checks.integer("max_value", max_value, 0, MAX_VALUE)
+    _checks.integer("train_below", train_below, 1, max_value + 1)
     if total > max_value + 1:
         raise ValueError(f"n_train + n_valid + n_test = {total} must be <= max_value + 1 = {max_value + 1}")
     numbers = sample_numbers_big(total, max_value, seed)
@@ -176,8 +172,12 @@ def french_vocab() -> Vocab:
 
 def encode_pairs(pairs: Sequence[tuple[Sequence[str], Sequence[str]]], src_vocab: Vocab, tgt_vocab: Vocab):
     """``(src (N, S), tgt (N, T + 2))`` id tensors, right-padded; targets get ``<bos>`` and ``<eos>``."""
-    if isinstance(pairs, str) or not isinstance(pairs, Sequence) or len(pairs) == 0:
-        raise ValueError(f"pairs must be a non-empty list of (source words, target words), got {type(pairs).__name__}")
+    if isinstance(pairs, str) or not isinstance(pairs, Sequence):
+        raise TypeError(f"pairs must be a non-empty list of (source words, target words), got {type(pairs).__name__}")
+    if len(pairs) == 0:
+        raise ValueError("pairs must be a non-empty list of (source words, target words), got an empty one")
+    _checks.instance("src_vocab", src_vocab, Vocab)
+    _checks.instance("tgt_vocab", tgt_vocab, Vocab)
     src = src_vocab.encode_batch([s for s, _ in pairs])
     tgt = tgt_vocab.encode_batch([t for _, t in pairs], add_bos=True, add_eos=True)
     return src, tgt
@@ -189,12 +189,19 @@ def batches(src, tgt, batch_size: int, seed: int = 0, pad_id: int = 0):
     Each pass over the data is a new permutation drawn from ``seed``: the same seed gives the
     same batches in the same order.
     """
-    import torch
-
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    _checks.token_ids("src", src, layout="(N, S)")
+    _checks.token_ids("tgt", tgt, layout="(N, T)")
+    batch_size = _checks.positive_int("batch_size", batch_size)
+    _checks.integer("seed", seed)
+    _checks.integer("pad_id", pad_id)
     if src.shape[0] != tgt.shape[0]:
         raise ValueError(f"src and tgt must have the same number of rows, got {tuple(src.shape)} and {tuple(tgt.shape)}")
+    return _batches(src, tgt, batch_size, seed, pad_id)
+
+
+def _batches(src, tgt, batch_size: int, seed: int, pad_id: int):
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     n = src.shape[0]
     while True:
