@@ -89,7 +89,7 @@ def test_bigram_matches_counts():
     assert torch.allclose(model(torch.tensor([[1]])).logits[0, 0].exp().double(), expected, atol=1e-6)
     with pytest.raises(ValueError, match=r"outside \[0, vocab_size=3\)"):
         bigram_counts([0, 3], 3)
-    with pytest.raises(ValueError, match="alpha must be a positive number"):
+    with pytest.raises(ValueError, match="alpha must be a (finite |positive )?number"):
         BigramLM(3, alpha=0)
 
 
@@ -120,3 +120,22 @@ def test_sampling_view_is_filled_and_reacts():
     assert "type a prompt" in view.message.value and view.output.outputs == ()
     line, fig = sampling_render(model, tok, "def", temperature=1.0, top_k=3, max_new_tokens=4)
     assert "top-k 3" in line and fig.axes[0].get_title().startswith("next token after the prompt: 3 of")
+
+
+# --------------------------------------------------------------------------- issue 10
+def test_code_model_and_bigram_arguments_follow_the_one_rule():
+    from transformer_book.code_model import random_batch
+
+    with pytest.raises(TypeError, match="ids must hold integer token ids"):
+        random_batch(torch.ones(100), 2, 8)
+    with pytest.raises(TypeError, match="batch_size must be a positive int"):
+        random_batch(torch.arange(100), 2.0, 8)
+    with pytest.raises(ValueError, match="block_size must be a positive int"):
+        random_batch(torch.arange(100), 2, 0)
+    with pytest.raises(TypeError, match="ids must be a 1-D sequence of integer ids, got NoneType"):
+        bigram_counts(None, 3)
+    model = BigramLM(3).fit([0, 1, 2])
+    out = model(torch.tensor([[0, 1]]), targets=torch.full((1, 2), -1))
+    assert out.loss.item() == 0.0  # all targets ignored: 0.0, as label_smoothed_cross_entropy
+    with pytest.raises(TypeError, match="targets must hold integer ids"):
+        model(torch.tensor([[0, 1]]), targets=torch.ones(1, 2))

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from transformer_book import _checks
+
 from transformer_book.models.gpt import GPTOutput
 
 __all__ = ["bigram_counts", "BigramLM"]
@@ -27,14 +29,27 @@ __all__ = ["bigram_counts", "BigramLM"]
 
 def bigram_counts(ids: Sequence[int] | Tensor, vocab_size: int) -> Tensor:
     """``counts[a, b]`` = how many times id ``b`` directly follows id ``a`` in ``ids``; ``(V, V)`` int64."""
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
-        raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
-    ids = torch.as_tensor(ids)
-    if ids.dim() != 1 or ids.is_floating_point() or ids.dtype == torch.bool:
+    vocab_size = _checks.positive_int("vocab_size", vocab_size)
+    return _counts(_check_ids("ids", ids, vocab_size), vocab_size)
+
+
+def _check_ids(name: str, ids: object, vocab_size: int) -> Tensor:
+    if not isinstance(ids, (Tensor, list, tuple)):
+        raise TypeError(f"{name} must be a 1-D sequence of integer ids, got {_checks.describe(ids)}")
+    if isinstance(ids, (list, tuple)):
+        for i, x in enumerate(ids):
+            _checks.integer(f"{name}[{i}]", x)
+    ids = torch.as_tensor(ids, dtype=torch.long) if not isinstance(ids, Tensor) else ids
+    if ids.is_floating_point() or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer ids, got dtype {ids.dtype}")
+    if ids.dim() != 1:
         raise ValueError(f"ids must be a 1-D sequence of integer ids, got shape {tuple(ids.shape)} dtype {ids.dtype}")
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
         raise ValueError(f"ids hold values in [{int(ids.min())}, {int(ids.max())}], outside [0, vocab_size={vocab_size})")
-    ids = ids.long()
+    return ids.long()
+
+
+def _counts(ids: Tensor, vocab_size: int) -> Tensor:
     pairs = ids[:-1] * vocab_size + ids[1:]  # one integer per (a, b) pair
     return torch.bincount(pairs, minlength=vocab_size * vocab_size).view(vocab_size, vocab_size)
 
@@ -50,17 +65,15 @@ class BigramLM(nn.Module):
 
     def __init__(self, vocab_size: int, alpha: float = 0.1) -> None:
         super().__init__()
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
-            raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (alpha > 0 and math.isfinite(alpha)):
-            raise ValueError(f"alpha must be a positive number (add-alpha smoothing), got {alpha!r}")
+        vocab_size = _checks.positive_int("vocab_size", vocab_size)
+        alpha = _checks.number("alpha", alpha, low=0.0, low_open=True)  # add-alpha smoothing
         self.vocab_size, self.alpha = vocab_size, float(alpha)
         self.register_buffer("counts", torch.zeros(vocab_size, vocab_size, dtype=torch.long))
         self.register_buffer("log_probs", torch.full((vocab_size, vocab_size), -math.log(vocab_size)))
 
     def fit(self, ids: Sequence[int] | Tensor) -> BigramLM:
         """Count the pairs of ``ids`` (added to earlier counts) and refresh the table; returns ``self``."""
-        self.counts += bigram_counts(ids, self.vocab_size)
+        self.counts += _counts(_check_ids("ids", ids, self.vocab_size), self.vocab_size)
         smoothed = self.counts.double() + self.alpha
         self.log_probs = (smoothed / smoothed.sum(-1, keepdim=True)).log().float()
         return self
@@ -68,16 +81,19 @@ class BigramLM(nn.Module):
     def forward(self, idx: Tensor, targets: Tensor | None = None, *, past_key_values=None,
                 use_cache: bool = False, need_weights: bool = False) -> GPTOutput:
         """Same signature as :meth:`GPT.forward`; the "cache" is empty (one token is all it needs)."""
-        if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.is_floating_point():
-            raise ValueError(f"idx must be an integer tensor of shape (B, T), got "
-                             f"{tuple(idx.shape) if isinstance(idx, Tensor) else type(idx).__name__}")
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.vocab_size):
-            raise ValueError(f"idx holds ids in [{int(idx.min())}, {int(idx.max())}], outside the vocabulary "
-                             f"[0, vocab_size={self.vocab_size})")
+        _checks.token_ids("idx", idx, self.vocab_size)
         logits = self.log_probs[idx]  # (B, T, V)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten().long(), ignore_index=-1)
+            _checks.tensor("targets", targets)
+            if targets.dtype not in _checks.ID_DTYPES:
+                raise TypeError(f"targets must hold integer ids (torch.int64 or torch.int32), got dtype {targets.dtype}")
+            _checks.shape_is("targets", targets, tuple(idx.shape), "(B, T)")
+            keep = targets != -1
+            if not bool(keep.any()):
+                loss = logits.sum() * 0.0  # every target ignored: 0.0, the rule of label_smoothed_cross_entropy
+            else:
+                loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten().long(), ignore_index=-1)
         return GPTOutput(logits, loss, () if use_cache else None, None)
 
     def extra_repr(self) -> str:

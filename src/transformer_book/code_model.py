@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from transformer_book import _checks
 from transformer_book.data.code import stdlib_corpus
 from transformer_book.generate import generate
 from transformer_book.model_cache import cached_model
@@ -72,7 +73,16 @@ def prepare_data(recipe: Mapping = CHAPTER7_RECIPE) -> CodeData:
     Deterministic, and remembered for the session (a notebook that shows the data and then
     trains does the work once); treat the returned tensors as read-only.
     """
-    d, t = recipe["data"], recipe["tokenizer"]
+    _checks.instance("recipe", recipe, Mapping, "recipe dict")
+    try:
+        d, t = recipe["data"], recipe["tokenizer"]
+        for key in ("train_bytes", "heldout_bytes", "corpus_seed"):
+            d[key]
+        for key in ("kind", "pattern", "vocab_size", "train_bytes"):
+            t[key]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"recipe must hold data.train_bytes/heldout_bytes/corpus_seed and tokenizer.kind/pattern/"
+                         f"vocab_size/train_bytes, like CHAPTER7_RECIPE; missing {exc}") from None
     memo_key = json.dumps([d, t], sort_keys=True)
     if memo_key not in _DATA_MEMO:
         _DATA_MEMO[memo_key] = _prepare_data(d, t)
@@ -92,7 +102,11 @@ def _prepare_data(d: Mapping, t: Mapping) -> CodeData:
 def random_batch(ids: Tensor, batch_size: int, block_size: int, generator: torch.Generator | None = None
                  ) -> tuple[Tensor, Tensor]:
     """``batch_size`` random windows of ``ids``: inputs ``(B, T)`` and targets ``(B, T)`` one token later."""
-    if ids.dim() != 1 or ids.numel() <= block_size:
+    _checks.token_ids("ids", ids, dim=1, layout="(N,)")
+    batch_size = _checks.positive_int("batch_size", batch_size)
+    block_size = _checks.positive_int("block_size", block_size)
+    _checks.generator("generator", generator)
+    if ids.numel() <= block_size:
         raise ValueError(f"ids must be 1-D and longer than block_size={block_size}, got shape {tuple(ids.shape)}")
     starts = torch.randint(0, ids.numel() - block_size, (batch_size,), generator=generator)
     window = starts[:, None] + torch.arange(block_size + 1)  # (B, T + 1)
@@ -104,6 +118,12 @@ def random_batch(ids: Tensor, batch_size: int, block_size: int, generator: torch
 def evaluate_loss(model: nn.Module, ids: Tensor, block_size: int, max_windows: int | None = None,
                   batch_size: int = 64) -> float:
     """Mean next-token cross-entropy (nats per token) over consecutive windows of ``ids``."""
+    _checks.instance("model", model, nn.Module, "nn.Module (a GPT)")
+    _checks.token_ids("ids", ids, dim=1, layout="(N,)")
+    block_size = _checks.positive_int("block_size", block_size)
+    if max_windows is not None:
+        max_windows = _checks.positive_int("max_windows", max_windows)
+    batch_size = _checks.positive_int("batch_size", batch_size)
     n = (ids.numel() - 1) // block_size
     if max_windows is not None:
         n = min(n, max_windows)
@@ -137,6 +157,7 @@ def train_code_gpt(recipe: Mapping = CHAPTER7_RECIPE, seed: int = 0, progress: b
     (``to_dict()``), the held-out loss, and the numbers of tokens.
     """
     torch.manual_seed(seed)
+    seed, progress = _checks.integer("seed", seed), _checks.boolean("progress", progress)
     data = prepare_data(recipe)
     m, t = recipe["model"], recipe["train"]
     config = GPTConfig(vocab_size=data.tokenizer.vocab_size, **m)
@@ -197,6 +218,8 @@ def function_headers(n: int, seed: int = 0, max_bytes: int | None = None, max_ch
     """
     import random
 
+    n, seed = _checks.positive_int("n", n), _checks.integer("seed", seed)
+    max_chars = _checks.positive_int("max_chars", max_chars)
     text = stdlib_corpus(max_bytes=max_bytes, seed=0, split="heldout")
     found = sorted({m.group(0).rstrip() for m in _HEADER.finditer(text) if len(m.group(0)) <= max_chars})
     if len(found) < n:
@@ -213,6 +236,8 @@ def cut_snippet(prompt: str, continuation: str) -> str:
     If not even the header's line was finished, the snippet is the prompt alone (which does not
     parse: a ``def`` needs a body).
     """
+    _checks.instance("prompt", prompt, str)
+    _checks.instance("continuation", continuation, str)
     text = prompt + continuation
     if "\n" not in text:
         return prompt
@@ -272,8 +297,15 @@ def parse_rate(model: nn.Module, tokenizer: BPETokenizer, prompts: Sequence[str]
     the same number of tokens are generated together as one batch (no padding needed). The same
     prompts, length, sampling settings and seed give every model the same test.
     """
+    _checks.instance("model", model, nn.Module, "nn.Module (a GPT)")
+    _checks.instance("tokenizer", tokenizer, BPETokenizer)
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+        raise TypeError(f"prompts must be a list of str, got {_checks.describe(prompts)}")
     if not prompts:
         raise ValueError("prompts must not be empty")
+    for i, p in enumerate(prompts):
+        _checks.instance(f"prompts[{i}]", p, str)
+    max_new_tokens, seed = _checks.positive_int("max_new_tokens", max_new_tokens), _checks.integer("seed", seed)
     generator = torch.Generator().manual_seed(seed)
     encoded = [tokenizer.encode(p) for p in prompts]
     by_length: dict[int, list[int]] = {}
