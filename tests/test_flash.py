@@ -307,7 +307,7 @@ def test_attention_input_errors(fn):
         fn(q, k.to("meta"), v.to("meta"))
     with pytest.raises(TypeError, match="causal must be a bool.*'yes'"):
         fn(q, k, v, causal="yes")
-    with pytest.raises(ValueError, match="scale must be a positive finite number, got -1.0"):
+    with pytest.raises(ValueError, match=r"scale must be a .*number.*, got -1.0"):
         fn(q, k, v, scale=-1.0)
 
 
@@ -315,7 +315,7 @@ def test_tiled_attention_block_errors():
     q, k, v = qkv(b=1, h=1, n_q=8, d=16)
     with pytest.raises(ValueError, match="block_q must be a positive int, got 0"):
         tiled_attention(q, k, v, block_q=0)
-    with pytest.raises(TypeError, match="block_k must be a positive int, got 2.5"):
+    with pytest.raises(TypeError, match="block_k must be a positive int, got (float )?2.5"):
         tiled_attention(q, k, v, block_k=2.5)
 
 
@@ -450,3 +450,11 @@ def test_flash_import_guards_in_a_fresh_process():
     assert lines[0] == "imported triton: False"
     assert lines[1].startswith("ImportError:") and "'triton'" in lines[1] and "tiled_attention" in lines[1]
     assert lines[2].startswith("ValueError:") and "before triton is first imported" in lines[2]
+
+
+# --------------------------------------------------------------------------- issue 10
+def test_online_softmax_refuses_an_empty_dimension():
+    from transformer_book.flash import online_softmax
+
+    with pytest.raises(ValueError, match="x must have at least one entry along dim=1"):
+        online_softmax(torch.zeros(3, 0))

@@ -9,14 +9,15 @@ import math
 
 import torch
 
+from transformer_book import _checks
+
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_qkv(q, k, v, *, dtypes=_FLOAT_DTYPES) -> None:
     """Check ``q (B, H, N_q, D)``, ``k, v (B, H, N_k, D)``: tensors, same dtype and device."""
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape (B, H, N, D), got {type(t).__name__}")
+        _checks.instance(name, t, torch.Tensor, "torch.Tensor of shape (B, H, N, D)")
         if t.dim() != 4:
             raise ValueError(
                 f"{name} must have 4 dimensions (B, H, N, D), got shape {tuple(t.shape)} ({t.dim()} dimensions)"
@@ -42,24 +43,12 @@ def check_qkv(q, k, v, *, dtypes=_FLOAT_DTYPES) -> None:
 
 
 def check_causal(causal) -> None:
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {causal!r} ({type(causal).__name__})")
+    _checks.boolean("causal", causal)
 
 
 def resolve_scale(scale, head_dim: int) -> float:
     """``scale`` if given (a positive finite number), else ``1 / sqrt(head_dim)``."""
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a float or None, got {scale!r} ({type(scale).__name__})")
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-    return float(scale)
+    return _checks.number("scale", scale, low=0.0, low_open=True)
 
-
-def check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int, got {value!r} ({type(value).__name__})")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return value

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validate import check_positive_int
+from transformer_book import _checks
 
 __all__ = ["online_softmax", "online_softmax_update", "softmax_stats"]
 
@@ -33,8 +33,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _check_float_tensor(name: str, x) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    _checks.instance(name, x, torch.Tensor, "torch.Tensor")
     if not x.is_floating_point():
         raise TypeError(f"{name} must have a floating dtype, got {x.dtype}")
 
@@ -65,6 +64,10 @@ def online_softmax_update(m: torch.Tensor, l: torch.Tensor, x_block: torch.Tenso
             f"m and l must have shape x_block.shape[:-1] = {tuple(x_block.shape[:-1])}, "
             f"got m {tuple(m.shape)}, l {tuple(l.shape)}"
         )
+    return _update(m, l, x_block)
+
+
+def _update(m: torch.Tensor, l: torch.Tensor, x_block: torch.Tensor):
     m_new = torch.maximum(m, x_block.amax(dim=-1))
     m_ref = _safe_max(m_new)
     # e^{m - m'} <= 1 rescales what was summed relative to the old max; when the max did not
@@ -75,8 +78,7 @@ def online_softmax_update(m: torch.Tensor, l: torch.Tensor, x_block: torch.Tenso
 
 
 def _check_dim(x: torch.Tensor, dim) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, int):
-        raise TypeError(f"dim must be an int, got {dim!r} ({type(dim).__name__})")
+    _checks.integer("dim", dim)
     if x.dim() == 0:
         raise ValueError("x must have at least one dimension, got a 0-d tensor")
     if not -x.dim() <= dim < x.dim():
@@ -94,12 +96,14 @@ def softmax_stats(x: torch.Tensor, dim: int = -1, block_size: int = 1):
     """
     _check_float_tensor("x", x)
     dim = _check_dim(x, dim)
-    check_positive_int("block_size", block_size)
+    _checks.positive_int("block_size", block_size)
+    if x.shape[dim] == 0:
+        raise ValueError(f"x must have at least one entry along dim={dim}, got shape {tuple(x.shape)}")
     xs = x.movedim(dim, -1).to(_compute_dtype(x.dtype))
     m = torch.full(xs.shape[:-1], float("-inf"), dtype=xs.dtype, device=xs.device)
     l = torch.zeros_like(m)
     for start in range(0, xs.shape[-1], block_size):
-        m, l = online_softmax_update(m, l, xs[..., start:start + block_size])
+        m, l = _update(m, l, xs[..., start:start + block_size])
     return m, l
 
 

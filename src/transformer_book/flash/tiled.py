@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from ._validate import check_causal, check_positive_int, check_qkv, resolve_scale
+from transformer_book import _checks
+
+from ._validate import check_causal, check_qkv, resolve_scale
 
 __all__ = ["tiled_attention", "merge_block"]
 
@@ -37,6 +39,8 @@ def merge_block(m, l, acc, scores, v_block):
 
     Returns:
         ``(m_new, l_new, acc_new)`` with the shapes of ``(m, l, acc)``.
+
+    An inner step of :func:`tiled_attention`, which checks its inputs once: this trusts its caller.
     """
     m_new = torch.maximum(m, scores.amax(dim=-1))
     # A row that has seen only masked scores keeps m = -inf; measure it against 0 instead so
@@ -78,8 +82,8 @@ def tiled_attention(
     """
     check_qkv(q, k, v)
     check_causal(causal)
-    check_positive_int("block_q", block_q)
-    check_positive_int("block_k", block_k)
+    _checks.positive_int("block_q", block_q)
+    _checks.positive_int("block_k", block_k)
     if not isinstance(return_lse, bool):
         raise TypeError(f"return_lse must be a bool, got {return_lse!r}")
     scale = resolve_scale(scale, q.shape[-1])
