@@ -466,6 +466,31 @@ def _full(t: Tensor) -> Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t  # all-gather a DTensor's shards
 
 
+def _compute_vs_communication(model: nn.Module, x: Tensor, y: Tensor, repeats: int = 5) -> dict[str, float]:
+    """Median seconds of one forward + backward pass on this rank's share, and of one all-reduce
+    of a tensor as large as all the gradients (after one untimed call of each: the first
+    collective also sets up the connections)."""
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    def compute() -> None:
+        model.zero_grad(set_to_none=True)
+        model(x, y).loss.backward()
+
+    def communicate() -> None:
+        dist.all_reduce(flat)
+
+    out = {}
+    for name, fn in (("compute_seconds", compute), ("all_reduce_seconds", communicate)):
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out[name] = statistics.median(times)
+    return out
+
+
 def parity_worker(settings: Settings, out: str | os.PathLike, world: World) -> dict:
     """One step's gradients four ways on ``W`` ranks, against one process on the whole batch.
 
@@ -492,18 +517,16 @@ def parity_worker(settings: Settings, out: str | os.PathLike, world: World) -> d
     hand = build_model(config, settings.seed)
     loss = hand(x, y).loss
     loss.backward()
-    report["shard_loss"] = float(loss)
+    report["shard_loss"] = float(loss.detach())
     report["grad_norm_own_shard"] = float(torch.cat([p.grad.flatten() for p in hand.parameters()]).norm())
-    t0 = time.perf_counter()
     average_gradients(hand, w)
-    report["all_reduce_seconds"] = time.perf_counter() - t0
     report["grad_norm_averaged"] = float(torch.cat([p.grad.flatten() for p in hand.parameters()]).norm())
     results["by hand (all_reduce / W)"] = _max_diff([p.grad for p in hand.parameters()], ref)
 
+    report.update(_compute_vs_communication(hand, x, y))
+
     ddp = nn.parallel.DistributedDataParallel(build_model(config, settings.seed))
-    t0 = time.perf_counter()
     ddp(x, y).loss.backward()
-    report["ddp_step_seconds"] = time.perf_counter() - t0
     results["DDP"] = _max_diff([p.grad for p in ddp.module.parameters()], ref)
 
     acc = nn.parallel.DistributedDataParallel(build_model(config, settings.seed))
