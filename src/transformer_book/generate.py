@@ -218,6 +218,10 @@ def generate(
                       f"block_size={block_size}: the model sees only the last {block_size}", stacklevel=2)
     static = use_cache and "cache" in inspect.signature(model.forward).parameters
 
+    if static and max_new_tokens and hasattr(model, "decode_step") and (
+            block_size is None or idx.shape[1] + max_new_tokens <= block_size):
+        return _generate_static(model, idx, max_new_tokens, settings, generator)  # chapter 8's tight loop
+
     was_training = model.training
     model.eval()
     try:
@@ -242,6 +246,22 @@ def generate(
         return out
     finally:
         model.train(was_training)
+
+
+def _generate_static(model: nn.Module, idx: Tensor, max_new_tokens: int, settings: tuple,
+                     generator: torch.Generator | None) -> Tensor:
+    """Chapter 8's decoding loop: one preallocated cache and output, the model's ``decode_step``
+    (last-position logits only), and nothing else per token. Same tokens as the general loop."""
+    b, t = idx.shape
+    out = torch.empty(b, t + max_new_tokens, dtype=idx.dtype, device=idx.device)
+    out[:, :t] = idx
+    cache = model.new_cache(b, max_len=t + max_new_tokens)
+    logits = model.decode_step(idx, cache)  # prefill: the whole prompt in one pass, (B, V)
+    for i in range(t, t + max_new_tokens):
+        out[:, i:i + 1] = _sample(logits, *settings, generator)
+        if i + 1 < t + max_new_tokens:  # decode: one token a step; the ids are ours, already valid
+            logits = model.decode_step(out[:, i:i + 1], cache, check=False)
+    return out
 
 
 def _cache_len(out: Tensor, max_new_tokens: int, block_size: int | None) -> int:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transformer_book import _checks
-from transformer_book.attention import MultiHeadAttention
+from transformer_book.attention import MultiHeadAttention, affine, packed_weight
 from transformer_book.kv_cache import KVCache
 from transformer_book.layers import FeedForward, LayerNorm
 from transformer_book.positional import LearnedPositionalEmbedding
@@ -163,6 +163,19 @@ class Block(nn.Module):
         x = x + self.resid_dropout(self.mlp(self.ln_2(x)))  # transform each position
         return x, weights
 
+    def decode(self, x: Tensor, mask: Tensor | None, cache) -> Tensor:
+        """The inference fast path of :meth:`forward` with a cache: the same math, without checks,
+        dropout or attention weights, with ``F.layer_norm`` and the weights stored for decoding
+        (:func:`~transformer_book.attention.packed_weight`). ``(B, T, C)`` -> ``(B, T, C)``."""
+        x = x + self.attn.decode(_layer_norm(self.ln_1, x), mask, cache, self.layer)
+        h = F.gelu(affine(_layer_norm(self.ln_2, x), *packed_weight(self.mlp.fc_in)), approximate="tanh")
+        return x + affine(h, *packed_weight(self.mlp.fc_out))
+
+
+def _layer_norm(ln: LayerNorm, x: Tensor) -> Tensor:
+    """``ln(x)`` in one fused call (PyTorch's kernel computes the book's :class:`LayerNorm` math)."""
+    return F.layer_norm(x, (ln.d_model,), ln.weight, ln.bias, ln.eps)
+
 
 class GPT(nn.Module):
     """Decoder-only Transformer language model: ids ``(B, T)`` -> next-token logits ``(B, T, vocab_size)``.
@@ -258,6 +271,34 @@ class GPT(nn.Module):
         loss = None if targets is None else _lm_loss(logits, targets)
         return GPTOutput(logits, loss, tuple(cache.layers) if use_cache else None,
                          tuple(attentions) if need_weights else None)
+
+    @torch.inference_mode()
+    def decode_step(self, idx: Tensor, cache, *, check: bool = True) -> Tensor:
+        """Inference fast path: feed ``idx`` ``(B, T)`` after the ``cache``'s positions and return the
+        next-token logits of the *last* position only, ``(B, vocab_size)``.
+
+        The numbers of ``forward(idx, cache=cache).logits[:, -1]`` (in eval mode), computed with
+        fewer, larger calls: q/k/v in one product, every matrix stored the way a product with one
+        vector streams it fastest (:func:`~transformer_book.attention.packed_weight`: a cached
+        copy of the weights), ``F.layer_norm``, no dropout, the LM head on the last position
+        only, under ``torch.inference_mode``. ``cache`` follows
+        :mod:`transformer_book.kv_cache`'s protocol including ``positions`` (a
+        :class:`~transformer_book.kv_cache.KVCache`, ``SlidingWindowCache`` or ``GraphKVCache``).
+        ``check=False`` skips the input checks, for a caller that checked already (a CUDA graph
+        cannot contain the host synchronisation that checking token ids needs).
+        """
+        if check:
+            self._check_forward(idx, None, cache, None, False, False)
+            if not callable(getattr(cache, "positions", None)):
+                raise TypeError(f"decode_step needs a cache with positions(n_new) (a KVCache), got "
+                                f"{_checks.describe(cache)}")
+        t = idx.shape[1]
+        x = self.wte.weight[idx] + self.wpe.weight[cache.positions(t)]  # (B, T, C)
+        mask = cache.attention_mask(t)  # None: one new token reads every cached key
+        for block in self.h:
+            x = block.decode(x, mask, cache)
+        cache.advance(t)
+        return affine(_layer_norm(self.ln_f, x[:, -1]), *packed_weight(self.lm_head))  # (B, V): tied head
 
     def _check_forward(self, idx, targets, cache, past_key_values, use_cache, need_weights) -> None:
         c = self.config
