@@ -38,8 +38,10 @@ batches are for drawing many independent samples at once (the chapter's distribu
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +61,8 @@ __all__ = [
     "speculative_generate",
     "acceptance_rate",
     "decode_step_seconds",
+    "load_chapter10_models",
+    "completion_prompts",
 ]
 
 
@@ -597,3 +601,76 @@ def decode_step_seconds(model: nn.Module, idx: Tensor, n_new: int = 1, steps: in
         return sorted(times)[len(times) // 2]
     finally:
         model.train(was_training)
+
+
+# --------------------------------------------------------------------------- chapter 10's models and task
+
+def _data_folder(folder: str | Path | None) -> Path:
+    if folder is not None:
+        return Path(folder)
+    candidates = [Path("../book/data"), Path("book/data"), Path(__file__).resolve().parents[2] / "book" / "data"]
+    return next((c for c in candidates if (c / "ch10_target.pt").is_file()), candidates[-1])
+
+
+def load_chapter10_models(folder: str | Path | None = None):
+    """Chapter 10's target and draft GPTs (float32, eval mode) and their BPE tokenizer.
+
+    Read from ``ch10_target.pt`` and ``ch10_draft.pt`` in ``folder`` (default: ``book/data`` of
+    the book, found from the working directory or this package's checkout), written by
+    ``book/data/ch10_recipe.py``. Returns ``(target, draft, tokenizer, info)``; ``info`` holds
+    each checkpoint's recipe, held-out loss and training seconds. Both files must carry the
+    same tokenizer. A missing or damaged file raises ``transformer_book.train.CheckpointError``.
+    """
+    from transformer_book.models.gpt import GPT, GPTConfig
+    from transformer_book.tokenize import BPETokenizer
+    from transformer_book.train import CheckpointError, load_checkpoint, read_checkpoint
+
+    folder = _data_folder(folder)
+    models, info, tokenizers = {}, {}, {}
+    for name in ("target", "draft"):
+        path = folder / f"ch10_{name}.pt"
+        config = read_checkpoint(path)["config"]
+        model = GPT(GPTConfig.from_dict(config))
+        state = load_checkpoint(path, model, config)
+        models[name] = model.float().eval()
+        tokenizers[name] = state["tokenizer"]
+        info[name] = {key: state.get(key) for key in ("recipe", "heldout_loss", "train_seconds")}
+        info[name]["path"] = str(path)
+    if tokenizers["target"] != tokenizers["draft"]:
+        raise CheckpointError(f"{folder}: the target's and the draft's checkpoints hold different tokenizers")
+    tokenizer = BPETokenizer.from_dict(tokenizers["target"], source=str(folder / "ch10_target.pt"))
+    return models["target"], models["draft"], tokenizer, info
+
+
+_DEF = re.compile(r"^def [A-Za-z_]\w*\(.*\)(?: -> [^:]+)?:[ \t]*$", re.MULTILINE)
+
+
+def completion_prompts(tokenizer, n: int, prompt_tokens: int = 160, seed: int = 0,
+                       max_bytes: int | None = 150_000) -> list[tuple[str, list[int]]]:
+    """``n`` code-completion prompts from the held-out standard-library files (never trained on).
+
+    Each is a top-level function whose ``def`` line fits on one line: the prompt is the source
+    that precedes it *and* its header line (without the newline, as
+    :func:`transformer_book.code_model.function_headers` explains), cut to its last
+    ``prompt_tokens`` tokens. Returns ``(function name, prompt ids)`` pairs, chosen at random
+    (``seed``) among the functions with enough source before them.
+    """
+    import random
+
+    from transformer_book.data.code import stdlib_corpus
+
+    n = _checks.positive_int("n", n)
+    prompt_tokens = _checks.positive_int("prompt_tokens", prompt_tokens)
+    text = stdlib_corpus(max_bytes=max_bytes, seed=0, split="heldout")
+    ends = [m.end() for m in _DEF.finditer(text) if m.start() > 8 * prompt_tokens]
+    if len(ends) < n:
+        raise ValueError(f"only {len(ends)} functions in the held-out code have enough source before them, "
+                         f"asked for n={n}")
+    chosen = sorted(random.Random(seed).sample(ends, n))
+    prompts = []
+    for end in chosen:
+        end = len(text[:end].rstrip())  # the header's colon
+        ids = tokenizer.encode(text[max(0, end - 8 * prompt_tokens): end])  # BPE ids are >= 1 byte each
+        header = text[text.rfind("\n", 0, end) + 1: end]
+        prompts.append((header[4: header.index("(")], ids[-prompt_tokens:]))
+    return prompts
