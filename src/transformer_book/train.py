@@ -283,7 +283,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     """
     path = os.fspath(_checks.instance("path", path, (str, os.PathLike), "str or os.PathLike"))
     if not os.path.isfile(path):
-        raise CheckpointError(f"no checkpoint file at {path!r}")
+        raise CheckpointError(f"no checkpoint file at path {path!r}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors all mean "not a readable checkpoint"
