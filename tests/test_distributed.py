@@ -54,7 +54,10 @@ def test_world_reads_torchrun_environment():
            "TORCHELASTIC_RESTART_COUNT": "3"}
     world = D.World.from_env(env)
     assert (world.rank, world.world_size, world.local_rank, world.restart, world.launched) == (1, 2, 1, 3, True)
-    assert world.backend == ("nccl" if torch.cuda.is_available() else "gloo")
+    enough_gpus = torch.cuda.is_available() and torch.cuda.device_count() >= 2  # LOCAL_RANK 1: 2 local ranks
+    assert (world.backend, world.device) == (("nccl", "cuda:1") if enough_gpus else ("gloo", "cpu"))
+    one_gpu_each = D.World.from_env({**env, "LOCAL_WORLD_SIZE": "64"})
+    assert one_gpu_each.backend == "gloo" or torch.cuda.device_count() >= 64  # not enough GPUs: CPU
 
 
 def test_missing_rendezvous_is_refused_naming_the_variables():

@@ -43,7 +43,7 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -110,7 +110,7 @@ class World:
 
         Every rank runs this before any communication, on the same kind of environment, so a
         job launched without ``torchrun`` fails at once on every rank instead of hanging.
-        NCCL (and one GPU per local rank) when CUDA is available, gloo on the CPU otherwise.
+        NCCL (and one GPU per local rank) when there are enough GPUs, gloo on the CPU otherwise.
         """
         env = os.environ if env is None else env
         missing = [name for name in RENDEZVOUS_VARIABLES if not env.get(name)]
@@ -127,7 +127,10 @@ class World:
         if not (world_size >= 1 and 0 <= rank < world_size and local_rank >= 0):
             raise ValueError(f"need 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0, got RANK={rank}, "
                              f"WORLD_SIZE={world_size}, LOCAL_RANK={local_rank}")
-        cuda = torch.cuda.is_available()
+        # NCCL when every local rank has a GPU of its own (LOCAL_WORLD_SIZE: the ranks on this
+        # node, the same on all of them, so every rank picks the same backend); else gloo, CPU.
+        local_world = int(env.get("LOCAL_WORLD_SIZE", local_rank + 1))
+        cuda = torch.cuda.is_available() and torch.cuda.device_count() >= local_world
         return cls(rank, world_size, local_rank, "nccl" if cuda else "gloo",
                    f"cuda:{local_rank}" if cuda else "cpu", int(env.get("TORCHELASTIC_RESTART_COUNT", "0")), True)
 
@@ -393,7 +396,7 @@ def run_training(settings: Settings, out: str | os.PathLike, world: World | None
 
     _, windows = token_windows(settings)
     config = settings.model_config(vocab_size=VOCAB_SIZE)
-    model = build_model(config, settings.seed)
+    model = build_model(config, settings.seed).to(world.device)
     optimizer = _optimizer(model, settings)
     start, losses = _resume(out / CHECKPOINT, model, optimizer, settings, config, world)  # checked on every rank
 
@@ -504,6 +507,7 @@ def parity_worker(settings: Settings, out: str | os.PathLike, world: World) -> d
     Path(out).mkdir(parents=True, exist_ok=True)
     _, windows = token_windows(settings)
     config = settings.model_config(vocab_size=VOCAB_SIZE)
+    world = replace(world, backend="gloo", device="cpu")  # a CPU check, on GPU machines too
     world.join()
     w, r = world.world_size, world.rank
     x_all, y_all = rank_batch(windows, 0, settings.batch_size, 0, 1, settings.seed)  # the global batch
