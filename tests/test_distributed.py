@@ -198,6 +198,23 @@ def test_damaged_checkpoints_are_refused(single_run, tmp_path):
         D.run_training(SETTINGS, tmp_path)
 
 
+@pytest.mark.parametrize("mode", ["hand", "ddp"])
+def test_one_rank_process_group_trains_like_no_process_group(mode, tmp_path, monkeypatch):
+    # The script's own code path (join, DDP or the by-hand all_reduce, the logged-loss all_reduce)
+    # with a real gloo group of one rank, in this process: the same losses as without a group.
+    port = D.free_port()
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
+    settings = D.Settings(steps=4, warmup=0, mode=mode)
+    grouped = D.run_training(settings, tmp_path / "group", D.World.from_env())
+    assert not dist.is_initialized()  # the run left the process group
+    alone = D.run_training(settings, tmp_path / "alone")
+    assert grouped["losses"] == pytest.approx(alone["losses"], abs=1e-6)
+    assert grouped["backend"] in ("gloo", "nccl") and (mode == "ddp") == (grouped["sync_seconds"] == [])
+
+
 def test_torchrun_command_lines():
     one = D.torchrun_command(["train", "--out", "x"], 8, endpoint="node0:29500")
     assert one[1:3] == ["-m", "torch.distributed.run"] and "--nproc_per_node=8" in one
