@@ -88,7 +88,10 @@ def _lookup_by_hand(context: list[int], k: int, max_ngram: int, min_ngram: int) 
         suffix = context[t - n:]
         for start in range(t - n - 1, -1, -1):  # most recent first, never the suffix itself
             if context[start: start + n] == suffix:
-                return context[start + n: start + n + k]
+                out = list(context)
+                while len(out) < t + k:  # copy on, from the copy itself once past the end
+                    out.append(out[start + n + len(out) - t])
+                return out[t:]
     return []
 
 
@@ -107,10 +110,12 @@ def test_prompt_lookup_against_a_plain_python_search():
 def test_prompt_lookup_hand_cases_and_batch_padding():
     draft = PromptLookupDraft(max_ngram=3)
     assert draft.lookup(torch.tensor([1, 2, 3, 4, 1, 2, 3]), 3) == [4, 1, 2]
+    assert draft.lookup(torch.tensor([7, 1, 2, 1, 2]), 5) == [1, 2, 1, 2, 1]  # an overlapping copy
+    assert draft.lookup(torch.tensor([5, 5, 5, 5]), 4) == [5, 5, 5, 5]
     assert draft.lookup(torch.tensor([5, 1, 2, 9, 1, 2, 7, 1, 2]), 2) == [7, 1]  # the most recent match
     assert draft.lookup(torch.tensor([1, 2, 3]), 4) == []  # nothing repeats
     out = draft.propose(torch.tensor([[1, 2, 3, 1, 2], [4, 5, 6, 7, 8]]), 3)
-    assert out.tolist() == [[3, 1, 2], [-1, -1, -1]]
+    assert out.tolist() == [[3, 1, 2], [-1, -1, -1]]  # row 2: nothing repeats
 
 
 def test_prompt_lookup_bad_input():

@@ -114,6 +114,8 @@ class PromptLookupDraft:
     For ``n`` from ``max_ngram`` down to ``min_ngram``, take the last ``n`` tokens, find their
     most recent earlier occurrence, and propose the (up to ``k``) tokens that followed it; the
     longest n-gram that matches wins. No match: no proposal (the pass is a plain target step).
+    A match that overlaps the end of the context is copied as an overlapping copy (LZ77's rule):
+    inside a repeating run (a column of blank lines, ``= = =``) it proposes ``k`` more of it.
 
     Its proposals are deterministic, so to the acceptance rule its ``q`` is one-hot on the
     proposed token: accepted with probability ``p(x)``, else resampled from ``p`` without ``x``.
@@ -140,7 +142,13 @@ class PromptLookupDraft:
             hits = (windows == suffix).all(dim=1).nonzero()
             if len(hits):
                 start = int(hits[-1]) + n  # the most recent match; what followed it
-                return context[start: start + k].tolist()
+                # Copy k tokens from there. A match that overlaps the suffix runs into the end
+                # of the context: the copy then continues from what it has just copied (an
+                # overlapping copy, as in LZ77), so "a b a b a b" proposes "a b a b ...".
+                found = context.tolist()
+                for j in range(k):
+                    found.append(found[start + j])
+                return found[t:]
         return []
 
     def propose(self, tokens: Tensor, k: int) -> Tensor:
