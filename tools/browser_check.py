@@ -69,8 +69,9 @@ def serve(directory: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
 
 
 # What the code printed must never say that part of the book was left out of this build.
-MISSING_PHRASES = re.compile(r"\b(?:not installed|skipped|skipping|cannot be reached)\b",
-                             re.IGNORECASE)
+MISSING_PHRASES = re.compile(
+    r"\b(?:not installed|(?:is|are|was|were|been|be) skipped|skipping (?:this|the|it)"
+    r"|cannot be reached|could not be (?:run|loaded|found)|no output)\b", re.IGNORECASE)
 
 # Sections with nothing for the reader: no prose, no output, no figure (only a heading, or
 # only code cells that printed nothing).
@@ -251,6 +252,9 @@ def check_page(page, url: str, shots: dict[int, Path] | None) -> tuple[list[str]
             shots[width].parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shots[width]), full_page=True)
         problems += check_navigation(page, width)
+        wide = page.evaluate("() => document.documentElement.scrollWidth")
+        if wide > width + 2:
+            problems.append(f"{width} px: the page is {wide} px wide: it scrolls sideways")
     return problems, moved
 
 
