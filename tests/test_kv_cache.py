@@ -121,3 +121,140 @@ def test_bad_input_names_both_sides_and_leaves_the_cache_unchanged():
         cache.reorder(torch.tensor([0, 5]))
     with pytest.raises(ValueError, match="max_len must be an int in"):
         KVCache.for_model(model, 1, max_len=41)
+
+
+# ---------------------------------------------------------------- chapter 8: more layouts, the fast path
+from transformer_book.attention import affine, packed_weight  # noqa: E402
+from transformer_book.kv_cache import GraphKVCache, SlidingWindowCache  # noqa: E402
+
+
+class _WindowMaskedFullCache(KVCache):
+    """The reference: a cache that keeps every position and hides the ones outside the window
+    with a mask built independently (tril minus a lower tril), one pass over the whole sequence."""
+
+    def __init__(self, *args, window, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.window = window
+
+    def attention_mask(self, n_new):
+        n = self.length + n_new
+        band = torch.ones(n, n, dtype=torch.bool).tril() & ~torch.ones(n, n, dtype=torch.bool).tril(-self.window)
+        return band[self.length:]
+
+
+@pytest.mark.parametrize("window,prefill,cfg", [(1, 5, {}), (4, 1, {}), (4, 9, dict(n_kv_head=2)), (7, 3, dict(n_kv_head=1)),
+                                                (30, 6, {}), (40, 12, dict(n_layer=3))])
+def test_sliding_window_equals_full_attention_under_a_window_mask(window, prefill, cfg):
+    model = _gpt(window, **cfg)
+    seq = torch.randint(61, (2, 40), generator=torch.Generator().manual_seed(window))
+    ring = SlidingWindowCache.for_model(model, 2, window)
+    full = _WindowMaskedFullCache(model.config.n_layer, 2, model.config.kv_heads, 8, 40, window=window)
+    reference = model(seq, cache=full).logits  # every position at once under the band mask
+    pieces = [model(seq[:, :prefill], cache=ring).logits]
+    for t in range(prefill, 40):  # the ring wraps several times
+        pieces.append(model(seq[:, t:t + 1], cache=ring).logits)
+    torch.testing.assert_close(torch.cat(pieces, 1), reference, atol=1e-5, rtol=0)
+    assert ring.length == 40 and ring.nbytes == kv_cache_bytes(model.config.n_layer, model.config.kv_heads, 8,
+                                                               window, batch=2)
+    if window >= 40:  # a window as long as the sequence is plain causal attention
+        torch.testing.assert_close(reference, model(seq).logits, atol=1e-5, rtol=0)
+
+
+def test_sliding_window_prefill_in_chunks_and_crop_by_one():
+    model = _gpt(11)
+    seq = torch.randint(61, (1, 30), generator=torch.Generator().manual_seed(5))
+    reference = model(seq, cache=_WindowMaskedFullCache(2, 1, 4, 8, 30, window=6)).logits
+    ring = SlidingWindowCache.for_model(model, 1, 6)
+    out = [model(seq[:, a:b], cache=ring).logits for a, b in ((0, 4), (4, 13), (13, 14), (14, 30))]
+    torch.testing.assert_close(torch.cat(out, 1), reference, atol=1e-5, rtol=0)
+    model(torch.tensor([[3]]), cache=ring)  # a rejected token ...
+    ring.crop(30)  # ... rolled back: the ring is as if it had never been seen
+    fresh = SlidingWindowCache.for_model(model, 1, 6)
+    model(seq, cache=fresh)
+    nxt = torch.tensor([[7]])
+    torch.testing.assert_close(model(nxt, cache=ring).logits, model(nxt, cache=fresh).logits, atol=1e-6, rtol=0)
+    ring.crop(30)
+    with pytest.raises(ValueError, match=r"window=6 holding 30 positions can roll back only to n in \[29, 30\]"):
+        ring.crop(20)
+    with pytest.raises(ValueError, match=r"n must be an int in \[0, 30\], got 31"):
+        ring.crop(31)
+    assert ring.length == 30
+
+
+def test_sliding_window_bad_input_names_both_sides():
+    model = _gpt(12)
+    ring = SlidingWindowCache.for_model(model, 2, 5)
+    with pytest.raises(ValueError, match="batch size 1 but the cache was built for batch_size=2"):
+        model(torch.zeros(1, 3, dtype=torch.long), cache=ring)
+    with pytest.raises(ValueError, match="window must be a positive int"):
+        SlidingWindowCache.for_model(model, 2, 0)
+    with pytest.raises(ValueError, match=r"must have shape \(B, H_kv, T_new, D\)"):
+        ring.update(0, torch.zeros(2, 4, 2, 7), torch.zeros(2, 4, 2, 7))
+    assert ring.length == 0 and "window=5" in repr(ring)
+    model(torch.zeros(2, 12, dtype=torch.long), cache=ring)  # longer than the window: fine, it is a ring
+    assert ring.length == 12
+
+
+@pytest.mark.parametrize("cache_cls", [KVCache, GraphKVCache])
+@pytest.mark.parametrize("seed,cfg", list(_random_configs(4)))
+def test_decode_step_equals_forward(cache_cls, seed, cfg):
+    model = _gpt(seed, **cfg)
+    b = 1 + seed % 3
+    seq = torch.randint(61, (b, 20), generator=torch.Generator().manual_seed(seed))
+    full = model(seq).logits
+    cache = cache_cls.for_model(model, b, 20)
+    got = [model.decode_step(seq[:, :7], cache)]  # prefill: the last position's logits
+    for t in range(7, 20):
+        got.append(model.decode_step(seq[:, t:t + 1], cache, check=t % 2 == 0))
+    torch.testing.assert_close(torch.stack(got, 1), full[:, 6:], atol=1e-5, rtol=0)
+    assert cache.length == 20
+    if cache_cls is GraphKVCache:
+        assert int(cache.position) == 20 and cache.sync_length() == 20
+        cache.crop(10)
+        assert int(cache.position) == 10
+        torch.testing.assert_close(model.decode_step(seq[:, 10:11], cache), full[:, 10], atol=1e-5, rtol=0)
+
+
+def test_graph_cache_has_the_same_shapes_every_step():
+    model = _gpt(2)
+    cache = GraphKVCache.for_model(model, 1, 12)
+    shapes = set()
+    for t in range(12):
+        k, v = cache.update(0, torch.randn(1, 4, 1, 8), torch.randn(1, 4, 1, 8))
+        shapes.add((tuple(k.shape), tuple(cache.attention_mask(1).shape), k.data_ptr()))
+        cache.advance(1)
+    assert shapes == {((1, 4, 12, 8), (1, 12), cache.keys[0].data_ptr())}
+    cache.reset()
+    assert int(cache.position) == 0 and cache.length == 0
+
+
+def test_decode_step_after_training_step_uses_new_weights():
+    model = _gpt(8)
+    seq = torch.randint(61, (1, 6), generator=torch.Generator().manual_seed(0))
+    before = model.decode_step(seq, model.new_cache(1, 6))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)  # in place: the packed copies must notice
+    after = model.decode_step(seq, model.new_cache(1, 6))
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, model(seq).logits[:, -1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_packed_weight_equals_the_linears(rows):
+    torch.manual_seed(0)
+    lins = [torch.nn.Linear(6, n) for n in (4, 2, 2)]
+    x = torch.randn(rows, 5, 6)
+    torch.testing.assert_close(affine(x, *packed_weight(*lins)), torch.cat([lin(x) for lin in lins], -1))
+    nobias = torch.nn.Linear(6, 3, bias=False)
+    torch.testing.assert_close(affine(x, *packed_weight(nobias)), nobias(x))
+
+
+def test_decode_step_bad_input():
+    model = _gpt(9)
+    with pytest.raises(TypeError, match="cache must follow"):
+        model.decode_step(torch.zeros(1, 2, dtype=torch.long), object())
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model.decode_step(torch.full((1, 2), 61), model.new_cache(1, 4))
+    with pytest.raises(ValueError, match=r"3 new position\(s\) after the 0 filled ones, past the cache's max_len=2"):
+        model.decode_step(torch.zeros(1, 3, dtype=torch.long), model.new_cache(1, 2))
