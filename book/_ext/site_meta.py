@@ -5,6 +5,8 @@
   repository and its issue tracker, both derived from ``repository.url`` in ``_config.yml``.
 * ``book_theme_options`` (in ``_config.yml``) are merged into the theme options that Jupyter
   Book derives from ``_config.yml``; ``html_theme_options`` there would replace them.
+* Figures are numbered per chapter ("Fig. 7.2"), from the chapter's file name ``NN_topic``,
+  as exercises are (``exercise_numbers``); ``{numref}`` follows.
 * The reference list is labelled author-year ("Vaswani et al. 2017"), the same style as the
   citations in the text, instead of pybtex's default "[VSP+17]".
 """
@@ -88,9 +90,26 @@ class AuthorYearStyle(PlainStyle):
     default_label_style = "authoryear"
 
 
+_CHAPTER_FILE = re.compile(r"(?:^|/)(?P<n>\d+|[A-Z]\d*)_[^/]*$")
+
+
+def _figures_per_chapter(app, env):
+    for docname, numbers in env.toc_fignumbers.items():
+        figures = numbers.get("figure")
+        match = _CHAPTER_FILE.search(docname)
+        if not figures or not match:
+            continue
+        n = match.group("n")
+        chapter = n.lstrip("0") if n.isdigit() else n
+        for k, node_id in enumerate(sorted(figures, key=figures.get), start=1):
+            figures[node_id] = (chapter, k)
+    return []
+
+
 def setup(app):
     register_plugin("pybtex.style.labels", "authoryear", AuthorYearLabels)
     register_plugin("pybtex.style.formatting", "authoryear", AuthorYearStyle)
     app.add_config_value("book_theme_options", {}, "html")
     app.connect("config-inited", _footer)
+    app.connect("env-get-updated", _figures_per_chapter, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1.0"}
