@@ -73,6 +73,9 @@ MISSING_PHRASES = re.compile(
     r"\b(?:not installed|(?:is|are|was|were|been|be) skipped|skipping (?:this|the|it)"
     r"|cannot be reached|could not be (?:run|loaded|found)|no output)\b", re.IGNORECASE)
 
+# Paths of the machine that built the site mean nothing to a reader (and leak its layout).
+BUILD_PATHS = re.compile(r"(?:/root/|/home/[\w.-]+/|/Users/[\w.-]+/|/work/main/|[A-Z]:\\Users\\)\S*")
+
 # Sections with nothing for the reader: no prose, no output, no figure (only a heading, or
 # only code cells that printed nothing).
 EMPTY_SECTIONS_JS = """() => Array.from(document.querySelectorAll('main section'))
@@ -235,6 +238,8 @@ def check_page(page, url: str, shots: dict[int, Path] | None) -> tuple[list[str]
     for match in MISSING_PHRASES.finditer(text):
         context = text[max(0, match.start() - 60): match.end() + 40].replace("\n", " ")
         problems.append(f"an output says part of the page is missing: ...{context}...")
+    for match in BUILD_PATHS.finditer(text):
+        problems.append(f"an output shows a path of the build machine: {match.group(0)[:80]}")
     for title in page.evaluate(EMPTY_SECTIONS_JS):
         problems.append(f"empty section (no prose, no output): {title!r}")
     problems += page.evaluate(FIGURES_JS)
