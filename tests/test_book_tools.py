@@ -166,3 +166,16 @@ def test_vendored_javascript_is_pinned_and_hashed():
     for pkg in manifest["packages"]:
         assert pkg["version"][0].isdigit(), pkg
         assert len(pkg["sha256"]) == 64, f"{pkg['name']} has no recorded sha256"
+
+
+def test_browser_check_names_missing_parts_and_build_paths():
+    pytest.importorskip("playwright")
+    check = _load("browser_check_tool", ROOT / "tools" / "browser_check.py")
+    for said in ["Triton is not installed: the kernel cells are skipped",
+                 "huggingface.co cannot be reached", "this step was skipped"]:
+        assert check.MISSING_PHRASES.search(said), said
+    for fine in ["causal block skipping", "skipped (grey)", "No skipping: every block"]:
+        assert not check.MISSING_PHRASES.search(fine), fine
+    assert check.BUILD_PATHS.search("saved to /root/.cache/transformer-book/x.pt")
+    assert check.BUILD_PATHS.search("in /home/runner/work/book")
+    assert not check.BUILD_PATHS.search("saved to ~/.cache/transformer-book/x.pt")
