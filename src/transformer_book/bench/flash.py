@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from transformer_book import _checks
+
 from .provenance import collect_provenance
 
 __all__ = [
@@ -66,11 +68,6 @@ class NoGPUError(RuntimeError):
     """Raised when a benchmark is asked to run without a CUDA GPU."""
 
 
-def _pos_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 def attention_flops(batch: int, heads: int, seq_len: int, head_dim: int, causal: bool = False,
                     mode: str = "fwd") -> float:
     """Floating-point operations of attention over ``(batch, heads, seq_len, head_dim)``.
@@ -80,11 +77,9 @@ def attention_flops(batch: int, heads: int, seq_len: int, head_dim: int, causal:
     ``"fwd_bwd"`` 3.5x.
     """
     for name, value in (("batch", batch), ("heads", heads), ("seq_len", seq_len), ("head_dim", head_dim)):
-        _pos_int(name, value)
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {causal!r}")
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {tuple(_MODES)}, got {mode!r}")
+        _checks.positive_int(name, value)
+    _checks.boolean("causal", causal)
+    _checks.one_of("mode", mode, tuple(_MODES))
     forward = 4.0 * batch * heads * seq_len * seq_len * head_dim
     if causal:
         forward /= 2
@@ -127,7 +122,7 @@ class BenchSettings:
         if unknown:
             raise ValueError(f"sections must be drawn from {SECTIONS}, got unknown {unknown}")
         for n in self.seq_lens:
-            _pos_int("seq_lens entry", n)
+            _checks.positive_int("seq_lens entry", n)
             if self.tokens % n:
                 raise ValueError(f"tokens={self.tokens} must be a multiple of every seq_len, got {n}")
         if self.tokens % self.fwd_bwd_seq_len or self.tokens % self.ladder_seq_len:
@@ -146,6 +141,9 @@ class BenchSettings:
 
 def default_settings(quick: bool = False, sections=None) -> BenchSettings:
     """The full grid of the chapter, or (``quick``) a subset that runs in a few minutes."""
+    quick = _checks.boolean("quick", quick)
+    if sections is not None and (isinstance(sections, str) or not isinstance(sections, (list, tuple))):
+        raise TypeError(f"sections must be a list of section names or None, got {_checks.describe(sections)}")
     sections = tuple(sections) if sections else SECTIONS
     if not quick:
         return BenchSettings(quick=False, sections=sections)
