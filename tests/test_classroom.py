@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from transformer_book import classroom
 from transformer_book.classroom import (
@@ -226,7 +227,7 @@ def test_student_edition_of_fixture():
     assert "solution-start" not in text and "solution-end" not in text
     assert "Subtracting the maximum" not in text  # the solution's explanation goes too
     assert "z.max(dim=-1" not in text and "_matches" not in text and "islice" in text
-    assert len(out["cells"]) == len(nb["cells"]) - 5
+    assert len(out["cells"]) == len(nb["cells"]) - 5 + 2  # + the summary's heading and cell
     stubs = [c for c in out["cells"] if "exercise" in c.get("metadata", {}).get("tags", [])]
     assert [classroom._source(c).count("raise NotImplementedError") for c in stubs] == [1, 1]
     assert all("solution" not in c.get("metadata", {}).get("tags", []) for c in out["cells"])
@@ -369,15 +370,22 @@ def test_grade_command_on_a_learners_notebook(tmp_path, capsys):
     assert "ex-99-softmax-t   softmax_t   failed (1/2 cases passed)" in out
     assert "ex-99-merge-pair  merge_pair  passed (3/3 cases)" in out
     assert "1 of 2 auto-checked exercises passed" in out
-    rows = json.loads(report.read_text())
-    assert [r["status"] for r in rows] == ["failed", "passed"]
+    table = json.loads(report.read_text())
+    (learner,) = table["learners"]
+    assert [learner["results"][e["label"]]["status"] for e in table["exercises"]] == ["failed", "passed"]
 
 
 def test_grade_command_bad_arguments(tmp_path, capsys):
     assert classroom.main(["grade", str(tmp_path / "missing.ipynb")]) == 2
-    assert "no such notebook" in capsys.readouterr().err
+    assert "no such notebook or folder" in capsys.readouterr().err
     assert classroom.main(["grade", str(FIXTURE), "--timeout", "0"]) == 2
     assert "--timeout must be a positive number of seconds, got 0" in capsys.readouterr().err
+    assert classroom.main(["grade", str(FIXTURE), "--jobs", "0"]) == 2
+    assert "--jobs must be a positive number, got 0" in capsys.readouterr().err
+    assert classroom.main(["grade", str(FIXTURE), "--out", str(tmp_path / "t.xlsx")]) == 2
+    assert "--out must name a .csv or .json file" in capsys.readouterr().err
+    assert classroom.main(["grade", str(tmp_path)]) == 2  # an empty folder
+    assert "no notebook (*.ipynb) in" in capsys.readouterr().err
 
 
 def test_grade_counts_only_the_exercises_own_check_cell_for_the_function_it_names():
@@ -396,3 +404,170 @@ def test_grade_counts_only_the_exercises_own_check_cell_for_the_function_it_name
     rows = grade_executed(nb)
     assert [(r.exercise, r.status, r.functions) for r in rows] == [
         ("ex-01-a", "failed", ["a"]), ("ex-01-b", "no verdict", [])]
+
+
+# --------------------------------------------------------------------------- the student's summary and wording
+
+def test_student_edition_ends_with_a_summary_of_its_exercises():
+    out = student_notebook(load_fixture(), where="fixture")
+    heading, cell = out["cells"][-2:]
+    assert heading["cell_type"] == "markdown" and classroom._source(heading).startswith("## Where you stand")
+    assert cell["cell_type"] == "code" and classroom.SUMMARY_TAG in cell["metadata"]["tags"]
+    src = classroom._source(cell)
+    assert "summary([" in src and "'ex-99-softmax-t'" in src and "'ex-99-merge-pair'" in src
+    assert len({c.get("id") for c in out["cells"]}) == len(out["cells"])  # cell ids stay unique
+    ast.parse(src)
+
+
+def test_summary_cell_reports_pass_not_done_fail_and_not_run(capsys):
+    from transformer_book.exercises import core
+
+    namespace: dict = {}
+    exec(classroom._source(load_fixture()["cells"][3]), namespace)  # the fixture's checkers
+    core._LAST.clear()
+
+    def softmax_t(x, t):
+        raise NotImplementedError("Exercise ex-99-softmax-t: write this function")
+
+    namespace["check_softmax_t"](softmax_t)
+    namespace["check_merge_pair"](lambda ids, pair, new_id: list(ids))  # wrong
+    capsys.readouterr()
+    cell = classroom._source(student_notebook(load_fixture())["cells"][-1])
+    exec(cell, {})
+    text = capsys.readouterr().out
+    assert "Where you stand" in text
+    assert "… ex-99-softmax-t   softmax_t  not done" in text
+    assert "✗ ex-99-merge-pair  <lambda>   failed" in text
+    assert "0 of 2 passed, 1 failed, 1 not done" in text
+    # Solve one: the summary follows the last check of each exercise.
+    def softmax_t(x, t):  # noqa: F811 - the learner's second try, same name
+        return torch.softmax(x / t, dim=-1)
+
+    namespace["check_softmax_t"](softmax_t)
+    assert core.summary(["ex-99-softmax-t", "ex-99-merge-pair", "ex-99-other"], quiet=True) == {
+        "ex-99-softmax-t": "passed", "ex-99-merge-pair": "failed", "ex-99-other": "not run"}
+    core.summary(["ex-99-other"])
+    assert "0 of 1 passed, 0 failed, 0 not done, 1 not run yet (run its check cell)" in capsys.readouterr().out
+    # The summary's lines are not verdicts: grading cannot mistake them for a check's output.
+    assert not classroom.VERDICT_RE.search(text)
+    with pytest.raises(TypeError, match="exercises must be a list of exercise labels"):
+        core.summary("ex-99-softmax-t")
+    core._LAST.clear()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("## Exercises\n\nEach exercise has a solution hidden behind a toggle and a check cell that compares your"
+     " function\nwith the book's implementation.",
+     "## Exercises\n\nEach exercise has a check cell that compares your function\nwith the book's implementation."),
+    ("Each exercise has a solution hidden under a toggle and a check cell: run it after your own code.",
+     "Each exercise has a check cell: run it after your own code."),
+    ("Try first. Click to show the solution when stuck. Then run the check.", "Try first. Then run the check."),
+    ("The solutions are hidden in drop-downs.\n\nThe hidden state is h.", "The hidden state is h."),
+    ("```python\n# a toggle inside code stays\n```", "```python\n# a toggle inside code stays\n```"),
+    ("Click a colour square to switch heads on and off.", "Click a colour square to switch heads on and off."),
+])
+def test_student_wording(text, expected):
+    assert classroom.student_wording(text) == expected
+
+
+def test_student_edition_has_no_toggle_wording():
+    nb = load_fixture()
+    nb["cells"][4]["source"] = ("## Exercises\n\nEach exercise has a solution hidden under a toggle and a check "
+                                "cell: run it after your own code.")
+    out = student_notebook(nb)
+    text = "\n".join(classroom._source(c) for c in out["cells"] if c["cell_type"] == "markdown")
+    assert "toggle" not in text.lower() and "Each exercise has a check cell: run it" in text
+    assert classroom._source(classroom.solutions_notebook(nb)["cells"][4]) == classroom._source(nb["cells"][4])
+
+
+# --------------------------------------------------------------------------- grading a class
+
+SOFTMAX_OK = "    z = x / t\n    z = z - z.max(dim=-1, keepdim=True).values\n    return z.exp() / z.exp().sum(-1, keepdim=True)\n"
+SOFTMAX_OVERFLOW = "    e = (x / t).exp()\n    return e / e.sum(-1, keepdim=True)\n"
+MERGE_OK = ("    out, i = [], 0\n    while i < len(ids):\n"
+            "        if tuple(ids[i:i + 2]) == tuple(pair):\n            out.append(new_id)\n"
+            "            i += 2\n        else:\n            out.append(ids[i])\n            i += 1\n    return out\n")
+
+
+def learner_notebook(softmax: str = "", merge: str = "", first_code_prefix: str = "",
+                     after_first_check: str = "") -> dict:
+    """The fixture's student edition with the learner's bodies and, optionally, a bad cell."""
+    nb = classroom.student_notebook(load_fixture(), where="fixture")
+    cells = nb["cells"]
+    for cell in cells:
+        src = classroom._source(cell)
+        if src.startswith("def softmax_t") and softmax:
+            cell["source"] = src.split("    raise")[0] + softmax
+        elif "def merge_pair" in src and merge:
+            cell["source"] = src.split("    raise")[0] + merge
+    if first_code_prefix:  # the cell that defines the checkers fails at its first line
+        i = next(k for k, c in enumerate(cells) if "check_function" in classroom._source(c))
+        cells[i]["source"] = first_code_prefix + classroom._source(cells[i])
+    if after_first_check:
+        i = next(k for k, c in enumerate(cells) if classroom._source(c).startswith("check_softmax_t"))
+        cells.insert(i + 1, code(after_first_check) | {"id": "learner-cell"})
+    return nb
+
+
+def make_class(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    learners = {
+        "right": learner_notebook(SOFTMAX_OK, MERGE_OK),
+        "wrong": learner_notebook(SOFTMAX_OVERFLOW, MERGE_OK),
+        "empty": learner_notebook(),
+        "crash_import": learner_notebook(SOFTMAX_OK, MERGE_OK,
+                                         first_code_prefix="import a_package_that_is_not_installed\n"),
+        "crash_kernel": learner_notebook(SOFTMAX_OK, MERGE_OK, after_first_check="import os\nos._exit(3)"),
+        "looping": learner_notebook(SOFTMAX_OK, MERGE_OK, after_first_check="while True:\n    pass"),
+    }
+    for name, nb in learners.items():
+        (folder / f"{name}.ipynb").write_text(json.dumps(nb))
+    (folder / ".ipynb_checkpoints").mkdir()
+    (folder / ".ipynb_checkpoints" / "right-checkpoint.ipynb").write_text("{}")  # skipped
+    (folder / "notes.txt").write_text("not a notebook")
+    (folder / "broken.ipynb").write_text("{not json")
+    return folder
+
+
+@pytest.mark.slow
+def test_grade_a_class_in_parallel(tmp_path, capsys):
+    folder = make_class(tmp_path / "class")
+    csv_out, json_out = tmp_path / "grades.csv", tmp_path / "grades.json"
+    rc = classroom.main(["grade", str(folder), "--timeout", "40", "--jobs", "3",
+                         "--out", str(csv_out), "--out", str(json_out)])
+    out = capsys.readouterr().out
+    assert rc == 1
+    table = json.loads(json_out.read_text())
+    assert [e["label"] for e in table["exercises"]] == ["ex-99-softmax-t", "ex-99-merge-pair"]
+    got = {row["learner"]: [row["results"][e]["status"] for e in ("ex-99-softmax-t", "ex-99-merge-pair")]
+           for row in table["learners"]}
+    assert got == {
+        "broken.ipynb": ["error", "error"],
+        "crash_import.ipynb": ["error", "error"],
+        "crash_kernel.ipynb": ["passed", "error"],
+        "empty.ipynb": ["not done", "not done"],
+        "looping.ipynb": ["passed", "error"],
+        "right.ipynb": ["passed", "passed"],
+        "wrong.ipynb": ["failed", "passed"],
+    }
+    rows = {row["learner"]: row for row in table["learners"]}
+    assert rows["looping.ipynb"]["problem"].startswith("stopped at the time limit (40 s) in cell ")
+    assert rows["crash_kernel.ipynb"]["problem"].startswith("the kernel died")
+    assert "not a readable notebook" in rows["broken.ipynb"]["problem"]
+    assert rows["crash_import.ipynb"]["results"]["ex-99-softmax-t"]["detail"] == \
+        "NameError: name 'check_softmax_t' is not defined"
+    assert rows["wrong.ipynb"]["results"]["ex-99-softmax-t"]["detail"] == "1/2 cases passed"
+    assert rows["right.ipynb"]["problem"] == "" and rows["right.ipynb"]["passed"] == 2
+    assert rows["looping.ipynb"]["seconds"] < 40 + 60  # the loop did not hold up the class
+    # The CSV holds the same table, one row per learner.
+    import csv
+
+    with csv_out.open() as f:
+        records = list(csv.DictReader(f))
+    assert [r["learner"] for r in records] == sorted(got)
+    assert {r["learner"]: [r["ex-99-softmax-t"], r["ex-99-merge-pair"]] for r in records} == got
+    assert records[-1]["ex-99-softmax-t detail"] == "1/2 cases passed"
+    # And the printed grid.
+    assert "grading 7 notebook(s), 3 at a time, 40 s each at most" in out
+    assert "right.ipynb         passed           passed            2/2" in out
+    assert "looping.ipynb: stopped at the time limit (40 s)" in out

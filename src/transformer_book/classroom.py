@@ -2,7 +2,8 @@
 
     python -m transformer_book.classroom student   OUTDIR [NOTEBOOKS...] [--colab-base URL]
     python -m transformer_book.classroom solutions OUTDIR [NOTEBOOKS...]
-    python -m transformer_book.classroom grade     NOTEBOOK [--timeout S] [--json FILE]
+    python -m transformer_book.classroom grade     NOTEBOOKS_OR_FOLDERS... [--timeout S] [--jobs N]
+                                                   [--out table.csv] [--out table.json]
     python -m transformer_book.classroom check     [NOTEBOOKS...]
 
 Without NOTEBOOKS, every ``chapters/*.ipynb`` (of the current directory, else of the repository
@@ -65,7 +66,12 @@ __all__ = [
     "solutions_notebook",
     "write_edition",
     "grade_notebook",
+    "grade_class",
+    "write_class_table",
+    "student_wording",
+    "summary_cells",
     "GradeRow",
+    "LearnerResult",
     "main",
 ]
 
@@ -285,6 +291,8 @@ def stub_solution(source: str, label: str, where: str = "solution cell") -> str:
     Raises:
         ExerciseFormatError: if the source does not parse or defines no public function/class.
     """
+    _checks.instance("source", source, str)
+    _checks.instance("label", label, str)
     try:
         tree = ast.parse(source)
     except SyntaxError as err:
@@ -369,6 +377,15 @@ def student_notebook(nb: dict, *, where: str = "notebook", name: str | None = No
             tags = [t for t in _tags(cell) if t != SOLUTION_TAG]
             cell.setdefault("metadata", {})["tags"] = tags + ([EXERCISE_TAG] if EXERCISE_TAG not in tags else [])
     out["cells"] = [c for i, c in enumerate(out["cells"]) if i not in drop]
+    for cell in out["cells"]:
+        if cell.get("cell_type") == "markdown":
+            cell["source"] = student_wording(_source(cell))
+    if any(ex.checks for ex in exercises):
+        extra = summary_cells([ex.label for ex in exercises if ex.checks])
+        if not all("id" in c for c in out["cells"]):  # nbformat < 4.5 has no cell ids
+            for c in extra:
+                c.pop("id")
+        out["cells"] += extra
     if out["cells"] and out["cells"][0].get("cell_type") == "markdown":
         first = out["cells"][0]
         text = _source(first)
@@ -380,6 +397,72 @@ def student_notebook(nb: dict, *, where: str = "notebook", name: str | None = No
         lines = text.split("\n")
         first["source"] = "\n".join(lines[:1] + ["", STUDENT_NOTE] + lines[1:])
     return _clear_outputs(out)
+
+
+# Sentences about the website's solution toggles are false in Jupyter and Colab, where the
+# student edition runs: the solutions are not hidden there, they are gone.
+_TOGGLE_CLAUSE_RE = re.compile(r"\ba solution hidden (?:behind|under|in) a (?:toggle|drop-?down)(?:,? and)?\s+",
+                               re.I)
+_TOGGLE_RE = re.compile(r"toggle|click to (?:show|reveal|see)|drop-?down|hidden (?:behind|under) a|"
+                        r"(?:show|reveal|unfold|open) the solution|solutions? (?:is |are )?hidden", re.I)
+_SENTENCE_END_RE = re.compile(r"(?<=[.!?])\s+")
+
+
+def student_wording(text: str) -> str:
+    """A markdown cell's text with what speaks of toggles or hidden solutions removed or rewritten.
+
+    "Each exercise has a solution hidden under a toggle and a check cell: ..." becomes
+    "Each exercise has a check cell: ..."; any other sentence that mentions a toggle, a
+    drop-down, "click to show" or hidden solutions is dropped. Code (fenced or indented by a
+    fence) and paragraphs without such words are left as they are, line breaks included.
+    """
+    _checks.instance("text", text, str)
+    if not _TOGGLE_RE.search(text):
+        return text
+    pieces = re.split(r"(^[ \t]*(?:`{3,}|~{3,})[^\n]*$)", text, flags=re.M)
+    out, in_fence, fence = [], False, ""
+    for piece in pieces:
+        m = re.match(r"^[ \t]*(`{3,}|~{3,})", piece)
+        if m and "\n" not in piece:
+            if not in_fence:
+                in_fence, fence = True, m.group(1)
+            elif piece.strip().startswith(fence) and not piece.strip()[len(fence):].strip():
+                in_fence = False
+            out.append(piece)
+        elif in_fence:
+            out.append(piece)
+        else:
+            kept = [(p, _reword_paragraph(p)) for p in piece.split("\n\n")]
+            out.append("\n\n".join(new for old, new in kept if new or not old))  # drop emptied ones
+    return re.sub(r"\n{3,}", "\n\n", "".join(out))
+
+
+def _reword_paragraph(paragraph: str) -> str:
+    if not _TOGGLE_RE.search(paragraph):
+        return paragraph
+    paragraph = _TOGGLE_CLAUSE_RE.sub("", paragraph)
+    if not _TOGGLE_RE.search(paragraph):
+        return paragraph
+    lead = paragraph[: len(paragraph) - len(paragraph.lstrip())]
+    kept = [s for s in _SENTENCE_END_RE.split(paragraph.strip()) if not _TOGGLE_RE.search(s)]
+    return lead + " ".join(" ".join(s.split()) for s in kept) if kept else ""
+
+
+SUMMARY_TAG = "exercise-summary"
+SUMMARY_HEADING = ("## Where you stand\n\nRun the cell below after your checks: it lists which of this "
+                   "notebook's exercises pass, fail or are not done yet (from the last run of each check cell "
+                   "in this session; \"not run\" means its check cell has not run since the kernel started).")
+
+
+def summary_cells(labels: list[str]) -> list[dict]:
+    """The two cells that end a student notebook: a heading and ``summary([...labels...])``."""
+    body = ",\n".join(f"    {label!r}" for label in labels)
+    src = ("from transformer_book.exercises.core import summary\n\n"
+           f"summary([\n{body},\n])")
+    return [{"cell_type": "markdown", "id": "where-you-stand", "metadata": {"tags": [SUMMARY_TAG]},
+             "source": SUMMARY_HEADING},
+            {"cell_type": "code", "id": "where-you-stand-summary", "metadata": {"tags": [SUMMARY_TAG]},
+             "execution_count": None, "outputs": [], "source": src}]
 
 
 def solutions_notebook(nb: dict, *, where: str = "notebook") -> dict:
@@ -548,18 +631,314 @@ def _add_verdict(row: GradeRow, v: re.Match) -> None:
         row.detail = v.group("detail") or ""
 
 
+def _execute_graded(nb: dict, *, cwd: Path, timeout: int, kernel_name: str) -> tuple[dict, str]:
+    """Run ``nb`` with a limit of ``timeout`` s for the whole notebook; ``(executed cells, problem)``.
+
+    Whatever ran before the limit (or before the kernel died) keeps its outputs, so the
+    exercises checked by then are still graded. ``problem`` is "" when every cell ran.
+    """
+    import signal
+    import threading
+
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    node = _to_node(nb)
+    # The per-cell limit is a backstop: the watchdog below enforces the notebook's limit.
+    client = NotebookClient(node, timeout=timeout + 30, kernel_name=kernel_name, allow_errors=True,
+                            interrupt_on_timeout=True, iopub_timeout=60, raise_on_iopub_timeout=True,
+                            resources={"metadata": {"path": str(cwd)}})
+    expired = threading.Event()
+
+    def kill_kernel() -> None:  # at the time limit: the kernel goes, the outputs so far stay
+        expired.set()
+        provisioner = getattr(getattr(client, "km", None), "provisioner", None)
+        pgid, pid = getattr(provisioner, "pgid", None), getattr(provisioner, "pid", None)
+        try:
+            if pgid:
+                os.killpg(pgid, signal.SIGKILL)
+            elif pid:
+                os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    watchdog = threading.Timer(timeout, kill_kernel)
+    watchdog.daemon = True
+    problem = ""
+    watchdog.start()
+    try:
+        client.execute()
+    except (DeadKernelError, CellTimeoutError):
+        problem = (f"stopped at the time limit ({timeout} s)" if expired.is_set()
+                   else "the kernel died (os._exit, a crash in C code, or out of memory)")
+    except Exception as err:  # noqa: BLE001 - a kernel that cannot start, a broken cell, ...
+        problem = (f"stopped at the time limit ({timeout} s)" if expired.is_set()
+                   else f"could not run ({type(err).__name__}: {str(err)[:120]})")
+    finally:
+        watchdog.cancel()
+    executed = json.loads(json.dumps(node))
+    if problem:  # name the cell that was running: the first code cell without an execution count
+        running = next((i for i, c in enumerate(executed["cells"])
+                        if c.get("cell_type") == "code" and _source(c).strip()
+                        and c.get("execution_count") is None), None)
+        if running is not None:
+            problem += f" in cell {running}"
+    return executed, problem
+
+
+def _grade_one(path: Path, timeout: int, kernel_name: str) -> tuple[list[GradeRow], str]:
+    nb = _load(path)
+    executed, problem = _execute_graded(nb, cwd=path.resolve().parent, timeout=timeout, kernel_name=kernel_name)
+    rows = grade_executed(executed, str(path))
+    if problem:  # the checks that never printed a verdict did not run because of the problem
+        for row in rows:
+            if row.status == "no verdict":
+                row.status, row.detail = "error", f"{problem} before this check ran"
+    return rows, problem
+
+
 def grade_notebook(path: Path, *, timeout: int = 600, kernel_name: str = "python3") -> list[GradeRow]:
     """Execute a learner's notebook (its own folder as working directory) and grade it.
 
+    ``timeout`` is the limit in seconds for the whole notebook: at the limit the kernel is
+    stopped, the exercises checked so far keep their verdicts and the others read "error".
     This runs the learner's code: do it in a container or a throw-away account.
     """
     path = Path(_checks.instance("path", path, (str, os.PathLike), "path to a notebook"))
+    timeout = _checks.positive_int("timeout", timeout)
     if not path.is_file():
         raise ValueError(f"path {str(path)!r} is not a notebook file")
+    rows, _ = _grade_one(path, timeout, kernel_name)
+    return rows
+
+
+# --------------------------------------------------------------------------- grading a class
+
+@dataclass
+class LearnerResult:
+    """One learner's notebook, graded: its rows, and what went wrong with the notebook as a whole.
+
+    ``problem`` is "" when every cell ran, else e.g. "stopped at the time limit (60 s)", "the
+    kernel died (...)" or "not a readable notebook (...)".
+    """
+
+    learner: str
+    path: str
+    rows: list[GradeRow] = field(default_factory=list)
+    problem: str = ""
+    seconds: float = 0.0
+
+    @property
+    def checked(self) -> list[GradeRow]:
+        return [r for r in self.rows if r.status != "not checked"]
+
+    @property
+    def n_passed(self) -> int:
+        return sum(r.status == "passed" for r in self.rows)
+
+
+def find_notebooks(paths: list[Path]) -> list[Path]:
+    """The notebooks named by ``paths``: files as given, folders' ``*.ipynb`` (not recursive,
+    hidden files and Jupyter's ``.ipynb_checkpoints`` skipped), each once, in order."""
+    found: list[Path] = []
+    for p in paths:
+        p = Path(_checks.instance("paths[i]", p, (str, os.PathLike), "path to a notebook or folder"))
+        if p.is_dir():
+            found += sorted(q for q in p.glob("*.ipynb") if not q.name.startswith(".") and q.is_file())
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise ValueError(f"no such notebook or folder: {str(p)!r}")
+    unique = list(dict.fromkeys(q.resolve() for q in found))
+    return [next(q for q in found if q.resolve() == u) for u in unique]
+
+
+def _learner_names(paths: list[Path]) -> list[str]:
+    """The file name, or the path when two learners' files share a name."""
+    names = [p.name for p in paths]
+    return [p.name if names.count(p.name) == 1 else str(p) for p in paths]
+
+
+_WORKER = ("import sys; from transformer_book.classroom import _worker_main; "
+           "sys.exit(_worker_main(sys.argv[1:]))")
+
+
+def _worker_main(argv: list[str]) -> int:
+    """In a child process: grade one notebook, write ``{rows, problem}`` as JSON to argv[1]."""
+    path, out, timeout, kernel_name = Path(argv[0]), Path(argv[1]), int(argv[2]), argv[3]
+    try:
+        rows, problem = _grade_one(path, timeout, kernel_name)
+    except ExerciseFormatError as err:
+        rows, problem = [], str(err)
+    result = {"rows": [r.__dict__ for r in rows], "problem": problem}
+    _write_atomic(out, json.dumps(result, ensure_ascii=False))
+    return 0
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _grade_in_child(path: Path, learner: str, timeout: int, kernel_name: str, scratch: Path) -> LearnerResult:
+    """Grade one notebook in its own process (its own kernel), killed if it outlives the limit."""
+    import signal
+    import subprocess
+    import time
+
+    import hashlib
+
+    out = scratch / (hashlib.sha1(str(path.resolve()).encode()).hexdigest() + ".json")
+    result = LearnerResult(learner=learner, path=str(path))
+    t0 = time.monotonic()
+    child = subprocess.Popen([sys.executable, "-c", _WORKER, str(path), str(out), str(timeout), kernel_name],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        # The child stops its kernel at `timeout`; the extra time covers starting and stopping.
+        _, err = child.communicate(timeout=timeout + 90)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        _, err = child.communicate()
+        result.problem = f"stopped at the time limit ({timeout} s); the grader had to kill it"
+    result.seconds = round(time.monotonic() - t0, 1)
+    try:
+        data = json.loads(out.read_text(encoding="utf-8"))
+        result.rows = [GradeRow(**r) for r in data["rows"]]
+        result.problem = result.problem or data["problem"]
+    except (OSError, ValueError, KeyError, TypeError):
+        last = (err or b"").decode("utf-8", "replace").strip().splitlines()
+        result.problem = result.problem or ("the grader failed: " + (last[-1][:160] if last else
+                                                                     f"exit status {child.returncode}"))
+    return result
+
+
+def grade_class(paths: list[Path], *, jobs: int | None = None, timeout: int = 600, kernel_name: str = "python3",
+                progress: Any = None) -> list[LearnerResult]:
+    """Grade every learner notebook of ``paths`` (files or folders), ``jobs`` at a time.
+
+    Each notebook runs in its own process with its own kernel and a limit of ``timeout`` s for
+    the whole notebook: one that loops, crashes or kills its kernel gets its own verdicts and
+    cannot stop the others. ``progress(result)``, if given, is called as each one finishes.
+    Returns one :class:`LearnerResult` per notebook, in the order of ``paths``.
+    """
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    _checks.instance("paths", paths, (list, tuple), "list of notebook files or folders")
     timeout = _checks.positive_int("timeout", timeout)
-    nb = _load(path)
-    executed = execute_notebook(nb, cwd=path.resolve().parent, timeout=timeout, kernel_name=kernel_name)
-    return grade_executed(executed, str(path))
+    jobs = default_jobs() if jobs is None else _checks.positive_int("jobs", jobs)
+    notebooks = find_notebooks(list(paths))
+    if not notebooks:
+        raise ValueError(f"paths holds no notebook (*.ipynb): {[str(p) for p in paths]}")
+    names = _learner_names(notebooks)
+    with tempfile.TemporaryDirectory(prefix="grade-") as scratch:
+        # Threads only wait: each notebook runs in a child process of its own.
+        with ThreadPoolExecutor(max_workers=min(jobs, len(notebooks))) as pool:
+            futures = [pool.submit(_grade_in_child, p, n, timeout, kernel_name, Path(scratch))
+                       for p, n in zip(notebooks, names)]
+            for future in futures if progress is None else _as_completed(futures):
+                if progress is not None:
+                    progress(future.result())
+            return [f.result() for f in futures]
+
+
+def _as_completed(futures: list) -> Any:
+    from concurrent.futures import as_completed
+
+    return as_completed(futures)
+
+
+def default_jobs() -> int:
+    """How many notebooks to grade at once: min(4, the number of CPUs this process may use)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
+def class_exercises(results: list[LearnerResult]) -> list[str]:
+    """Every exercise label seen in any notebook, in the order they first appear."""
+    return list(dict.fromkeys(r.exercise for res in results for r in res.rows))
+
+
+def class_table(results: list[LearnerResult]) -> dict:
+    """The grade table as plain data (what ``--out table.json`` writes)."""
+    exercises = class_exercises(results)
+    learners = []
+    for res in results:
+        by_ex = {r.exercise: r for r in res.rows}
+        cells = {}
+        for ex in exercises:
+            r = by_ex.get(ex)
+            cells[ex] = ({"status": r.status, "detail": r.detail, "functions": r.functions} if r else
+                         {"status": "error" if res.problem else "missing",
+                          "detail": res.problem or "the exercise's statement is not in this notebook",
+                          "functions": []})
+        learners.append({"learner": res.learner, "path": res.path, "results": cells,
+                         "passed": sum(c["status"] == "passed" for c in cells.values()),
+                         "auto_checked": sum(c["status"] != "not checked" for c in cells.values()),
+                         "seconds": res.seconds, "problem": res.problem})
+    titles = {}
+    for res in results:
+        for r in res.rows:
+            titles.setdefault(r.exercise, r.title)
+    return {"exercises": [{"label": ex, "title": titles.get(ex, "")} for ex in exercises], "learners": learners}
+
+
+def write_class_table(results: list[LearnerResult], path: Path) -> Path:
+    """Write the table to ``path``: ``.csv`` (one row per learner; per exercise a status and a
+    detail column) or ``.json`` (:func:`class_table`). Written atomically."""
+    import csv
+    import io
+
+    path = Path(_checks.instance("path", path, (str, os.PathLike), "a .csv or .json file path"))
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise ValueError(f"path must end in .csv or .json, got {str(path)!r}")
+    table = class_table(results)
+    if suffix == ".json":
+        text = json.dumps(table, indent=1, ensure_ascii=False) + "\n"
+    else:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        labels = [e["label"] for e in table["exercises"]]
+        writer.writerow(["learner", *[x for ex in labels for x in (ex, f"{ex} detail")],
+                         "passed", "auto_checked", "seconds", "problem"])
+        for row in table["learners"]:
+            cells = [x for ex in labels for x in (row["results"][ex]["status"], row["results"][ex]["detail"])]
+            writer.writerow([row["learner"], *cells, row["passed"], row["auto_checked"], row["seconds"],
+                             row["problem"]])
+        text = buf.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, text)
+    return path
+
+
+_SHORT = {"passed": "passed", "failed": "FAILED", "not done": "not done", "error": "ERROR",
+          "no verdict": "no verdict", "not checked": "by hand", "missing": "missing"}
+
+
+def format_class(results: list[LearnerResult]) -> str:
+    """A plain-text grid: one line per learner, one column per exercise, then problems."""
+    table = class_table(results)
+    labels = [e["label"] for e in table["exercises"]]
+    header = ["learner", *labels, "passed"]
+    body = [[row["learner"], *[_SHORT.get(row["results"][ex]["status"], row["results"][ex]["status"])
+                               for ex in labels], f"{row['passed']}/{row['auto_checked']}"]
+            for row in table["learners"]]
+    widths = [max(len(r[k]) for r in [header, *body]) for k in range(len(header))]
+    lines = ["  ".join(f"{c:<{w}}" for c, w in zip(r, widths)).rstrip() for r in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    notes = [f"{row['learner']}: {row['problem']}" for row in table["learners"] if row["problem"]]
+    for row in table["learners"]:
+        for ex in labels:
+            cell = row["results"][ex]
+            if cell["status"] in ("failed", "error") and cell["detail"] and not (
+                    row["problem"] and cell["detail"].startswith(row["problem"])):
+                notes.append(f"{row['learner']} · {ex}: {cell['status']} ({cell['detail']})")
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def format_grades(rows: list[GradeRow], title: str = "") -> str:
@@ -603,26 +982,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("notebooks", nargs="*", type=Path)
     p = sub.add_parser("check", help="validate the exercise cells of notebooks")
     p.add_argument("notebooks", nargs="*", type=Path)
-    p = sub.add_parser("grade", help="run a learner's notebook and print exercise -> result")
-    p.add_argument("notebook", type=Path)
-    p.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
-    p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    p = sub.add_parser("grade", help="run learners' notebooks in parallel and write a table learner x exercise")
+    p.add_argument("notebooks", nargs="+", type=Path, help="notebook files and/or folders of them")
+    p.add_argument("--timeout", type=int, default=600, help="seconds per notebook (default 600)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help=f"notebooks graded at once (default min(4, CPUs) = {default_jobs()} here)")
+    p.add_argument("--out", type=Path, action="append", default=[],
+                   help="write the table here: FILE.csv or FILE.json (may be given twice)")
+    p.add_argument("--json", type=Path, default=None, help="same as --out FILE.json")
     args = parser.parse_args(argv)
 
     try:
         if args.command == "grade":
-            if not args.notebook.is_file():
-                print(f"grade: no such notebook: {args.notebook}", file=sys.stderr)
-                return 2
-            if args.timeout <= 0:
-                print(f"grade: --timeout must be a positive number of seconds, got {args.timeout}", file=sys.stderr)
-                return 2
-            rows = grade_notebook(args.notebook, timeout=args.timeout)
-            print(format_grades(rows, title=str(args.notebook)))
-            if args.json:
-                args.json.write_text(json.dumps([r.__dict__ for r in rows], indent=1) + "\n", encoding="utf-8")
-            checked = [r for r in rows if r.status != "not checked"]
-            return 0 if checked and all(r.status == "passed" for r in checked) else 1
+            return _grade_command(args)
         notebooks = args.notebooks or _default_notebooks()
         if not notebooks:
             print(f"{args.command}: no notebooks given and no chapters/*.ipynb found", file=sys.stderr)
@@ -638,6 +1010,51 @@ def main(argv: list[str] | None = None) -> int:
     except (ExerciseFormatError, ValueError) as err:
         print(f"{args.command}: {err}", file=sys.stderr)
         return 2
+
+
+def _grade_command(args: argparse.Namespace) -> int:
+    missing = [str(p) for p in args.notebooks if not p.exists()]
+    if missing:
+        print(f"grade: no such notebook or folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    if args.timeout <= 0:
+        print(f"grade: --timeout must be a positive number of seconds, got {args.timeout}", file=sys.stderr)
+        return 2
+    if args.jobs is not None and args.jobs <= 0:
+        print(f"grade: --jobs must be a positive number, got {args.jobs}", file=sys.stderr)
+        return 2
+    outs = list(args.out) + ([args.json.with_suffix(".json") if args.json.suffix != ".json" else args.json]
+                             if args.json else [])
+    bad = [str(o) for o in outs if o.suffix.lower() not in (".csv", ".json")]
+    if bad:
+        print(f"grade: --out must name a .csv or .json file, got {', '.join(bad)}", file=sys.stderr)
+        return 2
+    notebooks = find_notebooks(args.notebooks)
+    if not notebooks:
+        print(f"grade: no notebook (*.ipynb) in {', '.join(map(str, args.notebooks))}", file=sys.stderr)
+        return 2
+    jobs = args.jobs or default_jobs()
+    print(f"grading {len(notebooks)} notebook(s), {min(jobs, len(notebooks))} at a time, "
+          f"{args.timeout} s each at most", flush=True)
+
+    def progress(res: LearnerResult) -> None:
+        note = f"; {res.problem}" if res.problem else ""
+        print(f"  {res.learner}: {res.n_passed} of {len(res.checked)} passed ({res.seconds:g} s{note})", flush=True)
+
+    results = grade_class(notebooks, jobs=jobs, timeout=args.timeout, progress=progress)
+    print()
+    if len(results) == 1:
+        print(format_grades(results[0].rows, title=results[0].learner))
+        if results[0].problem:
+            print(f"problem: {results[0].problem}")
+    else:
+        print(format_class(results))
+    for out in outs:
+        write_class_table(results, out)
+        print(f"wrote {out}")
+    everything = [r for res in results for r in res.checked]
+    ok = everything and all(r.status == "passed" for r in everything) and not any(res.problem for res in results)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -70,6 +70,8 @@ __all__ = [
     "check_function",
     "compare_values",
     "summarize",
+    "last_verdicts",
+    "summary",
 ]
 
 PASSED, FAILED, NOT_DONE = "passed", "failed", "not done"
@@ -123,6 +125,8 @@ class CaseResult:
     received: str = ""  # summary of the learner's answer
     hint: str = ""
     seconds: float = 0.0
+    before: str = ""  # an argument the function changed in place, as it was given...
+    after: str = ""  # ...and as the function left it
 
     @property
     def passed(self) -> bool:
@@ -182,8 +186,8 @@ class CheckReport:
             lines.append(f"  ✗ {c.label}: {c.reason}")
             if details < self.max_details:
                 details += 1
-                for key, value in (("input", c.input), ("expected", c.expected),
-                                   ("received", c.received), ("hint", c.hint)):
+                for key, value in (("input", c.input), ("before", c.before), ("after", c.after),
+                                   ("expected", c.expected), ("received", c.received), ("hint", c.hint)):
                     if value:
                         lines.append(f"      {key + ':':<9} {value}")
         return "\n".join(lines)
@@ -511,6 +515,8 @@ def _compare(expected: Any, received: Any, atol: float, rtol: float, check_dtype
             return f"{where} is {_type_name(received)}; expected a str"
         if received == expected:
             return None
+        if _is_label(expected) and _is_label(received):  # a category, not text: no character diff
+            return f"{where} is {received!r}; expected {expected!r}"
         i = next((k for k, (a, b) in enumerate(zip(received, expected)) if a != b), min(len(received), len(expected)))
         return (f"{where} differs from the expected string at character {i}: got "
                 f"{received[i:i + 12]!r}, expected {expected[i:i + 12]!r}"
@@ -549,6 +555,11 @@ def _compare(expected: Any, received: Any, atol: float, rtol: float, check_dtype
     except Exception as err:  # a value whose == raises
         return f"{where} could not be compared with the expected value ({type(err).__name__}: {err})"
     return None if same else f"{where} is {summarize(received, 40)}; expected {summarize(expected, 40)}"
+
+
+def _is_label(text: str) -> bool:
+    """A short word such as "full" or "skip" (a category), not a sentence or a longer string."""
+    return 0 < len(text) <= 24 and not any(ch.isspace() for ch in text)
 
 
 # --------------------------------------------------------------------------- running the learner's code
@@ -676,7 +687,7 @@ def _first_line(fn: Callable) -> int | None:
 
 def _describe_args(reference: Callable | None, fn: Callable, case: Case) -> str:
     names: list[str] = []
-    for f in (reference, fn):
+    for f in (fn, reference):  # the names the learner's stub uses, else the reference's
         try:
             params = list(inspect.signature(f).parameters.values()) if f is not None else []
         except (TypeError, ValueError):
@@ -784,6 +795,24 @@ class _GlobalState:
         torch.random.set_rng_state(self.rng)
 
 
+def _diagnose(mistakes: Sequence[tuple[Callable, str]], case: Case, received: Any, atol: float, rtol: float,
+              check_dtype: bool, compare: Callable | None) -> str:
+    """The hint of the first known mistake whose answer on this case is exactly the learner's, else ""."""
+    for wrong, hint in mistakes:
+        try:
+            value = wrong(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+            if compare is not None:
+                verdict = compare(value, received)
+                same = verdict is None or verdict is True
+            else:
+                same = _compare(value, received, atol, rtol, check_dtype, "output") is None
+        except Exception:  # noqa: BLE001 - a mistake that does not apply to this case
+            continue
+        if same:
+            return hint
+    return ""
+
+
 def _protected(step: Callable[[], Any], timeout_s: float | None) -> tuple[Any, str]:
     """Run one of the checker's own steps under the time limit: ``(value, "")`` or ``(None, what went wrong)``."""
     outcome = _run_limited(step, (), {}, timeout_s)
@@ -800,7 +829,7 @@ def _protected(step: Callable[[], Any], timeout_s: float | None) -> tuple[Any, s
 
 def _run_case(fn: Callable, reference: Callable | None, case: Case, result: CaseResult, report: CheckReport,
               compare: Callable | None, timeout_s: float | None, atol: float, rtol: float, check_dtype: bool,
-              allow_mutation: bool, state: _GlobalState) -> bool:
+              allow_mutation: bool, state: _GlobalState, mistakes: Sequence[tuple[Callable, str]] = ()) -> bool:
     """Fill ``result`` for one case; True when the learner's function could not be stopped."""
 
     def prepare() -> tuple[str, Any, str]:  # the input summary and the reference's answer
@@ -842,7 +871,7 @@ def _run_case(fn: Callable, reference: Callable | None, case: Case, result: Case
         result.received = f"{type(outcome.error).__name__} instead of a value"
         return False
 
-    def judge() -> tuple[str, str | None]:  # the summary of the learner's answer and what is wrong with it
+    def judge() -> tuple[str, str | None, str, str, str]:  # summary, what is wrong, before, after, hint
         received = plain(outcome.value)
         summary = summarize(received)
         if compare is not None:
@@ -858,18 +887,31 @@ def _run_case(fn: Callable, reference: Callable | None, case: Case, result: Case
             except Exception as err:  # e.g. a sparse or meta tensor
                 msg = f"output could not be compared with the expected value ({type(err).__name__}: {err})"
         changed = [] if allow_mutation else _mutated(case, args, kwargs)
+        before = after = hint = ""
         if changed:
             names = ", ".join(f"`{_arg_name(reference, fn, k)}`" for k in changed)
-            msg = (f"it changed its input {names} in place (e.g. `x /= t` or `x[...] = ...`); "
-                   f"compute a new value instead" + (f"; also {msg}" if msg else ""))
-        return summary, msg
+            k = changed[0]
+            given = case.args[k] if isinstance(k, int) else case.kwargs[k]
+            left = args[k] if isinstance(k, int) else kwargs.get(k)
+            name = _arg_name(reference, fn, k)
+            before, after = f"{name} = {summarize(given, 60)}", f"{name} = {summarize(plain(left), 60)}"
+            hint = (f"Your function changed `{name}`, the caller's own object: build the result in a new "
+                    f"object (a new list, `x.clone()`, an out-of-place operation such as `x = x / t` instead "
+                    f"of `x /= t`) and leave `{name}` as it was.")
+            msg = (f"it changed its input {names} in place (see before/after); compute a new value instead"
+                   + (f"; also {msg}" if msg else ""))
+        elif msg:
+            hint = _diagnose(mistakes, case, received, atol, rtol, check_dtype, compare)
+        return summary, msg, before, after, hint
 
     judged, problem = _protected(judge, timeout_s)
     if problem:
         result.received = f"a {type(outcome.value).__name__} (could not be shown)"
         result.reason = f"what your function returned could not be checked ({problem}): return plain values"
         return False
-    result.received, msg = judged
+    result.received, msg, result.before, result.after, hint = judged
+    if hint:  # the mistake recognised (or the mutation) says more than the case's general hint
+        result.hint = hint
     if msg:
         result.reason = msg
     else:
@@ -892,6 +934,7 @@ def check_function(
     max_details: int = 1,
     name: str | None = None,
     quiet: bool = False,
+    mistakes: Sequence[tuple[Callable, str]] = (),
 ) -> CheckReport:
     """Run the learner's ``fn`` on every case, compare with ``reference``, print the verdict.
 
@@ -911,6 +954,9 @@ def check_function(
         max_details: how many failed cases show input/expected/received/hint (the others get one line).
         name: the function's name in the verdict (default ``fn.__name__``).
         quiet: don't print (the report is still returned).
+        mistakes: known wrong answers, ``(wrong_function, hint)`` pairs: when a case fails and the
+            learner's answer equals ``wrong_function``'s on that case, its hint replaces the case's
+            (so the verdict names the mistake made, e.g. "merges applied leftmost first").
 
     Returns:
         A :class:`CheckReport` (``.passed``, ``.not_done``, ``.cases``).
@@ -945,6 +991,11 @@ def check_function(
     if name is not None:
         _checks.instance("name", name, str, "str or None")
     quiet = _checks.boolean("quiet", quiet)
+    if isinstance(mistakes, (str, bytes)) or not isinstance(mistakes, Sequence):
+        raise TypeError(f"mistakes must be a list of (function, hint) pairs, got {type(mistakes).__name__}")
+    for i, m in enumerate(mistakes):
+        if not (isinstance(m, tuple) and len(m) == 2 and callable(m[0]) and isinstance(m[1], str)):
+            raise TypeError(f"mistakes[{i}] must be a (function, hint str) pair, got {m!r:.80}")
 
     fname = name or (_name_of(fn) if callable(fn) else "your function")
     report = CheckReport(exercise=exercise, function=fname, max_details=max_details)
@@ -968,13 +1019,82 @@ def check_function(
             result = CaseResult(label=label, status=FAILED, hint=case.hint)
             stuck = _run_case(fn, reference, case, result, report, compare, timeout_s,
                               case.atol if case.atol is not None else atol,
-                              case.rtol if case.rtol is not None else rtol, check_dtype, allow_mutation, state)
+                              case.rtol if case.rtol is not None else rtol, check_dtype, allow_mutation, state,
+                              mistakes)
             report.cases.append(result)
             if report.not_done:
                 break
     finally:
         state.restore()
 
+    _record(report)
     if not quiet:
         report.show()
     return report
+
+
+# --------------------------------------------------------------------------- where you stand
+
+# The last verdict of every (exercise, function) checked in this Python process, in the order
+# first checked: what `summary()` prints at the end of a student notebook.
+_LAST: dict[tuple[str, str], CheckReport] = {}
+_WORST = {PASSED: 0, NOT_DONE: 1, FAILED: 2}
+
+
+def _record(report: CheckReport) -> None:
+    _LAST.pop((report.exercise, report.function), None)  # re-insert: keep one entry, the newest
+    _LAST[(report.exercise, report.function)] = report
+
+
+def last_verdicts() -> dict[str, str]:
+    """``{exercise: "passed" | "failed" | "not done"}`` from the last check of each exercise run
+    in this session; an exercise with several functions gets the worst of their verdicts."""
+    out: dict[str, str] = {}
+    for (exercise, _), report in _LAST.items():
+        if exercise not in out or _WORST[report.status] > _WORST[out[exercise]]:
+            out[exercise] = report.status
+    return out
+
+
+def summary(exercises: Sequence[str] | None = None, *, quiet: bool = False) -> dict[str, str]:
+    """Print where you stand: each exercise's last verdict in this session, as a small table.
+
+    ``exercises`` lists the labels to report (a notebook's own exercises, in order); an exercise
+    whose check cell has not run yet in this session shows "not run". Without it, every exercise
+    checked so far is listed. Returns ``{exercise: status}``.
+    """
+    if exercises is None:
+        labels = list(dict.fromkeys(e for e, _ in _LAST))
+    else:
+        if isinstance(exercises, str) or not isinstance(exercises, Sequence):
+            raise TypeError(f"exercises must be a list of exercise labels or None, got {exercises!r:.60}")
+        for i, label in enumerate(exercises):
+            _checks.instance(f"exercises[{i}]", label, str, "an exercise label like 'ex-01-softmax'")
+        labels = list(exercises)
+    quiet = _checks.boolean("quiet", quiet)
+    verdicts = last_verdicts()
+    rows = []
+    for label in labels:
+        status = verdicts.get(label, "not run")
+        functions = [f for (e, f) in _LAST if e == label]
+        rows.append((label, ", ".join(functions) or "-", status))
+    statuses = {label: status for label, _, status in rows}
+    if not quiet:
+        print(_summary_text(rows), flush=True)
+    return statuses
+
+
+_SUMMARY_MARK = {PASSED: "✓", FAILED: "✗", NOT_DONE: "…", "not run": "?"}
+
+
+def _summary_text(rows: list[tuple[str, str, str]]) -> str:
+    if not rows:
+        return "Where you stand: no exercise has been checked yet in this session."
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    lines = ["Where you stand (the last check of each exercise in this session):"]
+    lines += [f"  {_SUMMARY_MARK[s]} {label:<{w0}}  {fn:<{w1}}  {s}" for label, fn, s in rows]
+    counts = {s: sum(r[2] == s for r in rows) for s in (PASSED, FAILED, NOT_DONE, "not run")}
+    lines.append(f"{counts[PASSED]} of {len(rows)} passed, {counts[FAILED]} failed, {counts[NOT_DONE]} not done"
+                 + (f", {counts['not run']} not run yet (run its check cell)" if counts["not run"] else ""))
+    return "\n".join(lines)
