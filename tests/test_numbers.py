@@ -255,7 +255,7 @@ def test_vocab_bad_input():
         v.encode(["fourty", "two", "zwei", "fourty"])
     with pytest.raises(TypeError, match="split it first"):
         v.encode("twenty four")
-    with pytest.raises(ValueError, match=r"id 99 is outside the vocabulary \[0, 32\]"):
+    with pytest.raises(ValueError, match=r"ids hold id 99, outside the vocabulary \[0, 32\]"):
         v.decode([3, 99])
     with pytest.raises(ValueError, match=r"1-D.*\(2, 2\)"):
         v.decode(torch.zeros(2, 2, dtype=torch.long))

@@ -5,6 +5,8 @@ Nothing here measures; every number shown comes from the record passed in.
 
 from __future__ import annotations
 
+from transformer_book import _checks
+
 __all__ = [
     "provenance_summary",
     "correctness_table",
@@ -27,7 +29,7 @@ _STYLE = {"naive": ("tab:gray", "s"), "sdpa_flash": ("tab:blue", "o"), "sdpa_cud
 
 def provenance_summary(record: dict) -> str:
     """Where and when the record was measured, in a few lines."""
-    p = record["provenance"]
+    p = _part(record, "provenance")
     gpu = p["gpu"]
     smi = p.get("nvidia_smi") or {}
     clocks = (f"SM clock {smi['clocks.sm']} MHz (max {smi['clocks.max.sm']}), memory clock {smi['clocks.mem']} MHz"
@@ -52,8 +54,17 @@ def provenance_summary(record: dict) -> str:
     ])
 
 
+def _part(record: object, key: str) -> dict:
+    """``record[key]`` of a benchmark record (a dict from ``run_flash_benchmark``), checked."""
+    _checks.instance("record", record, dict, "benchmark record dict")
+    if not isinstance(record.get(key), dict):
+        raise ValueError(f"record must hold a {key!r} dict (a record written by run_flash_benchmark), "
+                         f"got keys {sorted(record)[:6]}")
+    return record[key]
+
+
 def correctness_table(record: dict) -> str:
-    rows = record["results"].get("correctness", [])
+    rows = _part(record, "results").get("correctness", [])
     if not rows:
         return "(no correctness section in this record)"
     lines = [f"{'dtype':9} {'D':>4} {'causal':6} | {'max |ours - fp64|  out / dq / dk / dv':44} | "
@@ -74,7 +85,8 @@ def _cell(row):
 
 def throughput_table(record: dict, section: str = "forward") -> str:
     """TFLOP/s per provider (columns) for every (dtype, D, causal, N) measured."""
-    rows = record["results"].get(section, [])
+    _checks.one_of("section", section, ("forward", "forward_backward"))
+    rows = _part(record, "results").get(section, [])
     if not rows:
         return f"(no {section} section in this record)"
     providers = [p for p in PROVIDER_LABELS if any(r["provider"] == p for r in rows)]

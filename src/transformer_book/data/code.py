@@ -30,6 +30,8 @@ import tokenize as _py_tokenize  # the standard library's tokenize, for PEP 263 
 import zlib
 from pathlib import Path
 
+from transformer_book import _checks
+
 __all__ = ["SKIP_DIRS", "SPLITS", "stdlib_corpus", "stdlib_files", "stdlib_root"]
 
 SKIP_DIRS = frozenset(
@@ -61,6 +63,8 @@ def stdlib_files(split: str = "train", root: str | Path | None = None) -> list[s
     ``"all"``. ``root`` defaults to :func:`stdlib_root`; tests pass a small directory instead.
     """
     split = _check_split(split)
+    if root is not None:
+        _checks.instance("root", root, (str, os.PathLike), "str, os.PathLike or None")
     base = stdlib_root() if root is None else Path(root)
     if not base.is_dir():
         raise ValueError(f"root must be an existing directory, got {str(base)!r}")
@@ -122,6 +126,8 @@ def stdlib_corpus(
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
     names = stdlib_files(split, root)
+    if root is not None:
+        _checks.instance("root", root, (str, os.PathLike), "str, os.PathLike or None")
     base = stdlib_root() if root is None else Path(root)
     if not names:
         raise RuntimeError(f"no Python files found for split={split!r} under {str(base)!r}")

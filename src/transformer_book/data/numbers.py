@@ -432,7 +432,7 @@ class Vocab:
         out = []
         for i in ids:
             if not isinstance(i, int) or not 0 <= i < len(self):
-                raise ValueError(f"id {i!r} is outside the vocabulary [0, {len(self) - 1}]")
+                raise ValueError(f"ids hold id {i!r}, outside the vocabulary [0, {len(self) - 1}]")
             if strip_special:
                 if i == self.eos_id:
                     break

@@ -101,7 +101,7 @@ def join_french(tokens: Sequence[str]) -> str:
     """
     if isinstance(tokens, str):
         raise TypeError("tokens must be a sequence of str, got a single str; pass ['quatre', 'vingts']")
-    tokens = list(tokens)
+    tokens = list(_checks.instance("tokens", tokens, Sequence, "sequence of str"))
     for i, t in enumerate(tokens):
         if not isinstance(t, str):
             raise TypeError(f"tokens[{i}] must be a str, got {type(t).__name__}")
@@ -148,7 +148,7 @@ def french_splits(n_train: int, n_valid: int, n_test: int, max_value: int = MAX_
         _checks.integer(name, value, 0)
     total = n_train + n_valid + n_test
     _checks.integer("max_value", max_value, 0, MAX_VALUE)
-    _checks.integer("train_below", train_below, 1, max_value + 1)
+    _checks.integer("train_below", train_below, 0, max_value + 1)
     if total > max_value + 1:
         raise ValueError(f"n_train + n_valid + n_test = {total} must be <= max_value + 1 = {max_value + 1}")
     numbers = sample_numbers_big(total, max_value, seed)

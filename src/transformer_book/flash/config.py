@@ -74,7 +74,7 @@ class FlashConfig:
             raise ValueError(f"FlashConfig.grid_order must be one of {_GRID_ORDERS}, got {self.grid_order!r}")
         for name in ("block_m", "block_n", "bwd_block_owned", "bwd_block_loop"):
             value = getattr(self, name)
-            if isinstance(value, bool) or value not in _POW2_BLOCKS:
+            if type(value) is not int or value not in _POW2_BLOCKS:
                 raise ValueError(f"FlashConfig.{name} must be one of {_POW2_BLOCKS} (tl.dot needs >= 16), got {value!r}")
         if self.block_m % self.block_n:
             raise ValueError(
@@ -85,7 +85,7 @@ class FlashConfig:
                 "FlashConfig.bwd_block_owned must be a multiple of bwd_block_loop, "
                 f"got bwd_block_owned={self.bwd_block_owned}, bwd_block_loop={self.bwd_block_loop}"
             )
-        if isinstance(self.num_warps, bool) or self.num_warps not in (1, 2, 4, 8, 16):
+        if type(self.num_warps) is not int or self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"FlashConfig.num_warps must be one of (1, 2, 4, 8, 16), got {self.num_warps!r}")
         if isinstance(self.num_stages, bool) or not isinstance(self.num_stages, int) or not 1 <= self.num_stages <= 8:
             raise ValueError(f"FlashConfig.num_stages must be an int in [1, 8], got {self.num_stages!r}")
