@@ -107,6 +107,11 @@ def test_merge_pair_checker():
         report = check_merge_pair(wrong, quiet=True)
         assert not report.passed and "FAILED" in _verdict(report), wrong.__name__
     assert "i += 2" in _verdict(check_merge_pair(merge_overlapping, quiet=True))
+    in_place = _verdict(check_merge_pair(merge_in_place, quiet=True))
+    assert "changed its input `ids` in place" in in_place and "before:   ids = " in in_place
+    hint = next(line for line in in_place.splitlines() if line.strip().startswith("hint:"))
+    assert "after:    ids = " in in_place and "Your function changed `ids`" in hint and "overlap" not in hint
+    assert "append the last id" in _verdict(check_merge_pair(merge_drops_last, quiet=True))
 
 
 # ---------------------------------------------------------------------------------- encode chunk
@@ -161,6 +166,11 @@ def test_encode_chunk_checker():
         report = check_encode_chunk(wrong, quiet=True)
         assert not report.passed and "FAILED" in _verdict(report), wrong.__name__
     assert "learned first" in _verdict(check_encode_chunk(encode_leftmost_first, quiet=True))
+    for wrong, named in [(encode_leftmost_first, "You merged the leftmost known pair first"),
+                         (encode_reversed, "last-learned first"),
+                         (encode_one_pass, "Only the first merge was applied"),
+                         (encode_characters, "Work on the bytes")]:
+        assert named in _verdict(check_encode_chunk(wrong, quiet=True)), wrong.__name__
 
 
 def test_encode_chunk_reference_agrees_with_the_tokenizer():

@@ -117,3 +117,32 @@ def test_masked_softmax_wrong_fail():
     report = _run(ch05.check_masked_softmax, naive_exp)
     assert not report.passed and [c.label for c in report.cases if not c.passed] == [
         "large scores (overflow in a hand-made exp)"]
+
+
+def test_prefix_inputs_use_the_stubs_parameter_names():
+    def prefix_lm(n, p):  # causal only: forgets the prefix
+        t, s = torch.arange(n)[:, None], torch.arange(n)[None, :]
+        return s <= t
+
+    report = _run(ch05.check_prefix_lm_mask, prefix_lm)
+    failure = _first_failure(report)
+    assert failure.input == "n = 6; p = 3" and "prefix_len" not in report.text()
+
+
+def _naive_nan_to_num(scores, mask):  # the cheap answer: right values, finite gradient, NaN inside
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), -1).nan_to_num(0)
+
+
+def test_masked_softmax_no_nan_inside_tells_the_technique_apart():
+    assert _run(ch05.check_masked_softmax, _naive_nan_to_num).passed  # the statement as it is today
+    strict = ch05.check_masked_softmax(_masked_softmax_right, no_nan_inside=True, quiet=True)
+    assert strict.passed, strict.text()
+    report = ch05.check_masked_softmax(_naive_nan_to_num, no_nan_inside=True, quiet=True)
+    failure = _first_failure(report)
+    assert not report.passed and failure.label == "a row with nothing allowed: no NaN anywhere inside"
+    assert "SoftmaxBackward0 made NaN values in the backward pass" in failure.reason
+    assert "finite scores (e.g. 0) *before* the softmax" in failure.hint
+    # the other wrong answers still fail under the strict check
+    for wrong in (lambda s, m: torch.softmax(s.masked_fill(~m, float("-inf")), -1),
+                  lambda s, m: torch.softmax(s, -1) * m):
+        assert not ch05.check_masked_softmax(wrong, no_nan_inside=True, quiet=True).passed

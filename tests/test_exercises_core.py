@@ -731,3 +731,62 @@ def test_compare_and_summarize_check_their_arguments():
         compare_values(torch.ones(1), torch.ones(1), check_dtype=1)
     with pytest.raises(ValueError, match="width must be a positive int"):
         summarize(torch.ones(1), width=0)
+
+
+# --------------------------------------------------------------------------- messages that point at the mistake
+
+def test_inputs_use_the_learners_parameter_names(capsys):
+    def reference(n, prefix_len):
+        return n + prefix_len
+
+    def learner(n, p):
+        return n - p
+
+    report = check_function(learner, reference, [Case(args=(6, 3), label="n=6, p=3")], exercise="ex-00-names")
+    assert report.cases[0].input == "n = 6; p = 3"
+    assert "prefix_len" not in capsys.readouterr().out
+
+
+def test_labels_are_compared_as_labels():
+    msg = compare_values("full", "diagonal")
+    assert msg == "output is 'diagonal'; expected 'full'"
+    assert "character" in compare_values("hello world", "hello World")  # text still gets the diff
+
+
+def test_in_place_mutation_shows_before_and_after_and_its_own_hint(capsys):
+    def merge_in_place(ids, pair, new_id):
+        i = 0
+        while i < len(ids) - 1:
+            if (ids[i], ids[i + 1]) == pair:
+                ids[i:i + 2] = [new_id]
+            i += 1
+        return ids
+
+    def reference(ids, pair, new_id):
+        return merge_in_place(list(ids), pair, new_id)
+
+    check_function(merge_in_place, reference, [Case(args=([1, 2, 3], (1, 2), 9), label="one match",
+                                                    hint="About overlapping pairs.")], exercise="ex-00-mut")
+    out = capsys.readouterr().out
+    assert "before:   ids = list of 3: [1, 2, 3]" in out
+    assert "after:    ids = list of 2: [9, 3]" in out
+    assert "Your function changed `ids`" in out and "overlapping" not in out
+
+
+def test_a_known_mistake_names_itself(capsys):
+    def reference(xs):
+        return sorted(xs)
+
+    def reversed_sort(xs):
+        return sorted(xs, reverse=True)
+
+    mistakes = [(lambda xs: list(xs), "You returned the list unchanged."),
+                (reversed_sort, "Ascending order: smallest first.")]
+    report = check_function(reversed_sort, reference, [Case(args=([3, 1, 2],), hint="generic")],
+                            exercise="ex-00-sort", mistakes=mistakes)
+    assert report.cases[0].hint == "Ascending order: smallest first."
+    report = check_function(lambda xs: xs[:1], reference, [Case(args=([3, 1, 2],), hint="generic")],
+                            exercise="ex-00-sort", mistakes=mistakes, quiet=True)
+    assert report.cases[0].hint == "generic"  # no known mistake matches: the case's hint
+    with pytest.raises(TypeError, match=r"mistakes\[0\] must be a \(function, hint str\) pair"):
+        check_function(reference, reference, [Case(args=([1],))], exercise="ex-00-sort", mistakes=[reference])

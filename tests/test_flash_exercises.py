@@ -70,9 +70,13 @@ def test_causal_block_kind_checker():
     strict = lambda qs, qe, ks, ke: "skip" if ks >= qe else "full" if ke - 1 < qs else "diagonal"  # noqa: E731
     aligned = lambda qs, qe, ks, ke: "skip" if ks > qs else "full" if ks < qs else "diagonal"  # noqa: E731
     no_diagonal = lambda qs, qe, ks, ke: "skip" if ks >= qe else "full"  # noqa: E731
-    for wrong in (strict, aligned, no_diagonal):
+    for wrong, named in [(strict, "Off by one at the diagonal"), (aligned, "You compared where the tiles start"),
+                         (no_diagonal, "return 'diagonal'")]:
         report = check_causal_block_kind(wrong, quiet=True)
         assert not report.passed and 0 < report.n_passed < len(report.cases)
+        failure = next(c for c in report.cases if not c.passed)
+        assert named in failure.hint, (wrong, failure.hint)
+        assert "character" not in failure.reason and failure.reason.startswith("output is '")  # labels as labels
     assert check_causal_block_kind(_not_done, quiet=True).not_done
 
 

@@ -48,6 +48,27 @@ def check_count_pairs(fn, *, quiet: bool = False) -> CheckReport:
                           compare=_as_plain_dict, quiet=quiet)
 
 
+def _merge_overlapping(ids, pair, new_id):  # a known mistake: after a match, steps one id only
+    out = list(ids)
+    for i in range(len(out) - 1):
+        if (out[i], out[i + 1]) == tuple(pair):
+            out[i] = new_id
+            out[i + 1] = None
+    return [x for x in out if x is not None]
+
+
+def _merge_drops_last(ids, pair, new_id):  # a known mistake: the loop stops one id early
+    out, i = [], 0
+    while i + 1 < len(ids):
+        if (ids[i], ids[i + 1]) == tuple(pair):
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
 def check_merge_pair(fn, *, quiet: bool = False) -> CheckReport:
     """ex-02-merge-pair: ``fn(ids, pair, new_id) -> list``, every occurrence replaced left to right."""
     greedy_hint = ("Scan left to right; after a match, jump over both ids (i += 2), so occurrences "
@@ -65,7 +86,14 @@ def check_merge_pair(fn, *, quiet: bool = False) -> CheckReport:
         Case(args=([2, 1], (1, 2), 9), label="pair in the wrong order", hint="(1, 2) is not (2, 1)."),
         Case(args=([], (1, 2), 9), label="empty list", hint="Nothing to merge: return []."),
     ]
-    return check_function(fn, reference=merge_pair, cases=cases, exercise="ex-02-merge-pair", quiet=quiet)
+    mistakes = [
+        (_merge_drops_last, "The last id is missing: when the scan stops one short of the end (no pair "
+                            "starts there), append the last id too."),
+        (_merge_overlapping, "Occurrences overlapped: after a match, jump over both ids (i += 2), so "
+                             "[5, 5, 5] with (5, 5) gives [9, 5], not [9, 9]."),
+    ]
+    return check_function(fn, reference=merge_pair, cases=cases, exercise="ex-02-merge-pair", quiet=quiet,
+                          mistakes=mistakes)
 
 
 def _encode_chunk_reference(data, merges):
@@ -73,6 +101,27 @@ def _encode_chunk_reference(data, merges):
     for a, b, new_id in merges:  # rank order = the order of the list
         ids = merge_pair(ids, (a, b), new_id)
     return ids
+
+
+def _encode_leftmost(data, merges):  # a known mistake: merge the leftmost known pair first
+    lookup = {(a, b): new for a, b, new in merges}
+    ids = list(data)
+    i = 0
+    while i < len(ids) - 1:
+        if (ids[i], ids[i + 1]) in lookup:
+            ids[i:i + 2] = [lookup[(ids[i], ids[i + 1])]]
+            i = 0
+        else:
+            i += 1
+    return ids
+
+
+def _encode_reversed(data, merges):  # a known mistake: the last-learned merge first
+    return _encode_chunk_reference(data, list(reversed(merges)))
+
+
+def _encode_first_only(data, merges):  # a known mistake: only the first merge
+    return _encode_chunk_reference(data, merges[:1])
 
 
 def check_encode_chunk(fn, *, quiet: bool = False) -> CheckReport:
@@ -84,7 +133,8 @@ def check_encode_chunk(fn, *, quiet: bool = False) -> CheckReport:
         Case(args=(b"hello", []), label="no merges", hint="With no merges every byte is a token: list(data)."),
         Case(args=(b"", worked), label="empty bytes", hint="Nothing to encode: return []."),
         Case(args=(b"aaabdaaabac", worked), label="the worked example 'aaabdaaabac'",
-             hint="Start from list(data); apply each merge to the whole sequence."),
+             hint="Start from list(data); apply the merges in the order they were learned (the order of "
+                  "the list), each one to the whole sequence before the next."),
         Case(args=(b"abc", [(98, 99, 256), (97, 98, 257)]), label="'abc' where 'bc' was learned before 'ab'",
              hint=rank_hint),
         Case(args=(b"aaa", [(97, 97, 256), (256, 97, 257)]), label="'aaa' with 'aa' then 'aa'+'a'",
@@ -92,5 +142,13 @@ def check_encode_chunk(fn, *, quiet: bool = False) -> CheckReport:
         Case(args=("héé".encode(), [(0xC3, 0xA9, 256), (256, 256, 257)]), label="UTF-8 bytes of 'héé'",
              hint="Work on the bytes, not the characters."),
     ]
+    mistakes = [
+        (_encode_leftmost, "You merged the leftmost known pair first. Merges apply in the order they were "
+                           "learned: the pair learned first goes first, wherever it is in the text."),
+        (_encode_reversed, "You applied the merges last-learned first. Merges apply in the order they were "
+                           "learned: merges[0] first, then merges[1], ..."),
+        (_encode_first_only, "Only the first merge was applied: apply every merge of the list, in the order "
+                             "they were learned, each to the whole sequence."),
+    ]
     return check_function(fn, reference=_encode_chunk_reference, cases=cases, exercise="ex-02-encode-chunk",
-                          quiet=quiet)
+                          quiet=quiet, mistakes=mistakes)

@@ -8,10 +8,11 @@ verdict and returns a :class:`~transformer_book.exercises.core.CheckReport`.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 
-from transformer_book.exercises.core import Case, CheckReport, check_function
+from transformer_book.exercises.core import Case, CheckReport, check_function, compare_values
 from transformer_book.masks import causal_mask, padding_mask, prefix_lm_mask
 
 __all__ = ["check_causal_mask", "check_padding_mask", "check_prefix_lm_mask", "check_masked_softmax"]
@@ -57,28 +58,63 @@ def _masked_softmax_reference(scores: torch.Tensor, mask: torch.Tensor) -> torch
     return torch.softmax(filled, dim=-1).masked_fill(~mask, 0.0)
 
 
-def _with_gradient(fn):
-    """Call ``fn(scores, mask)`` and also return the gradient of a fixed loss w.r.t. ``scores``."""
+_NAN_INSIDE = "a NaN inside: "
+
+
+def _with_gradient(fn, no_nan_inside: bool = False):
+    """Call ``fn(scores, mask)`` and also return the gradient of a fixed loss w.r.t. ``scores``.
+
+    With ``no_nan_inside``, the forward and backward passes run under
+    ``torch.autograd.detect_anomaly``: a NaN that a later ``nan_to_num`` or ``masked_fill`` hides
+    from the result is still found where it is made, in the backward pass.
+    """
 
     @functools.wraps(fn)
     def run(scores, mask):
         scores = scores.detach().clone().requires_grad_()
-        out = fn(scores, mask)
-        if not isinstance(out, torch.Tensor) or not out.requires_grad:
-            return out, None  # the comparison then says what is wrong with the output
-        weights = torch.linspace(-1.0, 1.0, out.numel()).view(out.shape).to(out.dtype)
-        (grad,) = torch.autograd.grad((out * weights).sum(), scores)
-        return out.detach(), grad
+        if not no_nan_inside:
+            return _forward_backward(fn, scores, mask)
+        try:
+            with warnings.catch_warnings():  # anomaly mode warns that it is on, and where it fired
+                warnings.simplefilter("ignore", UserWarning)
+                with torch.autograd.detect_anomaly(check_nan=True):
+                    return _forward_backward(fn, scores, mask)
+        except RuntimeError as err:
+            if "nan" not in str(err).lower():
+                raise
+            op = str(err).split("'")[1] if "'" in str(err) else "an operation"
+            return _NAN_INSIDE + f"{op} made NaN values in the backward pass", None
 
     return run
 
 
-def check_masked_softmax(fn, *, quiet: bool = False) -> CheckReport:
+def _forward_backward(fn, scores, mask):
+    out = fn(scores, mask)
+    if not isinstance(out, torch.Tensor) or not out.requires_grad:
+        return out, None  # the comparison then says what is wrong with the output
+    weights = torch.linspace(-1.0, 1.0, out.numel()).view(out.shape).to(out.dtype)
+    (grad,) = torch.autograd.grad((out * weights).sum(), scores)
+    return out.detach(), grad
+
+
+def _nan_inside_compare(expected, received):
+    if isinstance(received, tuple) and isinstance(received[0], str) and received[0].startswith(_NAN_INSIDE):
+        return (f"{received[0][len(_NAN_INSIDE):]} (the result and the gradient may look fine: a later "
+                f"nan_to_num or masked_fill hid the NaN)")
+    return compare_values(expected, received)
+
+
+def check_masked_softmax(fn, *, no_nan_inside: bool = False, quiet: bool = False) -> CheckReport:
     """ex-05-masked-softmax: ``fn(scores, mask)``; rows with nothing allowed give zeros; finite gradients.
 
     Each case compares the output *and* the gradient of a fixed loss with respect to ``scores``
-    (``output[1]`` in the verdict): a NaN hidden in the backward pass fails even when the values
-    are right.
+    (``output[1]`` in the verdict): a NaN in the gradient fails even when the values are right.
+
+    ``no_nan_inside=True`` asks for the chapter's technique (finite scores in the empty rows
+    *before* the softmax): the cases then run under ``torch.autograd.detect_anomaly``, so that
+    ``torch.softmax(scores.masked_fill(~mask, -inf), -1).nan_to_num(0)``, whose softmax makes NaN
+    that ``nan_to_num`` and ``masked_fill``'s backward happen to hide, fails. Use it when the
+    exercise's statement says that no NaN may appear anywhere, forward or backward.
     """
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(3, 5, generator=g)
@@ -100,5 +136,13 @@ def check_masked_softmax(fn, *, quiet: bool = False) -> CheckReport:
              label="large scores (overflow in a hand-made exp)",
              hint="exp(1000) overflows to inf: use torch.softmax, or subtract the row maximum first."),
     ]
-    return check_function(_with_gradient(fn), reference=_with_gradient(_masked_softmax_reference), cases=cases,
-                          exercise="ex-05-masked-softmax", name=getattr(fn, "__name__", None), quiet=quiet)
+    if no_nan_inside:
+        cases[2] = Case(args=(scores, empty_row), label="a row with nothing allowed: no NaN anywhere inside",
+                        hint=("The softmax of a row of -inf is 0/0 = NaN even if you clean it afterwards "
+                              "(nan_to_num), and its backward pass makes NaN too; masked_fill's backward happens "
+                              "to zero them here, but an additive mask (scores + bias) would carry them into "
+                              "the gradient. Give the empty rows finite scores (e.g. 0) *before* the softmax, "
+                              "then zero their weights."))
+    return check_function(_with_gradient(fn, no_nan_inside), reference=_with_gradient(_masked_softmax_reference),
+                          cases=cases, exercise="ex-05-masked-softmax", name=getattr(fn, "__name__", None),
+                          quiet=quiet, compare=_nan_inside_compare if no_nan_inside else None)

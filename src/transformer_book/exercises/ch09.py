@@ -88,8 +88,19 @@ def check_causal_block_kind(fn, *, quiet: bool = False) -> CheckReport:
         Case(args=(0, 4, 3, 7), label="blocks not aligned: keys 3..6 vs queries 0..3", hint=diagonal),
         Case(args=(32, 37, 32, 40), label="ragged tail blocks", hint=diagonal),
     ]
+    mistakes = [
+        (lambda qs, qe, ks, ke: "skip" if ks >= qe else "full" if ke - 1 < qs else "diagonal",
+         "Off by one at the diagonal: query i sees key j when j <= i, so a tile whose last key sits at the "
+         "first query's own position (k_stop - 1 == q_start) is 'full'."),
+        (lambda qs, qe, ks, ke: "skip" if ks > qs else "full" if ks < qs else "diagonal",
+         "You compared where the tiles start. They need not be aligned or of equal size: compare the first "
+         "query with the last key (full) and the last query with the first key (skip)."),
+        (lambda qs, qe, ks, ke: "skip" if ks >= qe else "full",
+         "Some tiles are neither full nor skipped: when part of the tile is visible, return 'diagonal' "
+         "(the kernel then masks it element by element)."),
+    ]
     return check_function(fn, reference=_causal_block_kind, cases=cases, exercise="ex-09-causal-blocks",
-                          quiet=quiet)
+                          quiet=quiet, mistakes=mistakes)
 
 
 # ----------------------------------------------------------------------------------------
