@@ -136,3 +136,22 @@ def test_split_right_and_wrong():
     assert not _run(ch01.check_split_german, only_und).passed
     assert not _run(ch01.check_split_german, lambda word: word).passed
     assert not _run(ch01.check_split_german, lambda word: None).passed
+
+
+# ---------------------------------------------------------------------------------- general score (new)
+def test_general_score_right_and_wrong():
+    from transformer_book.exercises.ch01 import check_general_score
+
+    def general_score(query, keys, w):
+        return (query @ w) @ keys.transpose(1, 2)
+
+    assert check_general_score(general_score, quiet=True).passed
+    for wrong, named in [
+        (lambda q, k, w: q @ w.T @ k.transpose(1, 2), "W is transposed"),
+        (lambda q, k, w: q @ k.transpose(1, 2), "W is missing"),
+        (lambda q, k, w: q @ w @ k.transpose(1, 2) / k.shape[-1] ** 0.5, "No 1/sqrt(d) scale"),
+        (lambda q, k, w: (q @ w) @ k[:1].transpose(1, 2), "output differs"),  # batch 0's keys for all
+    ]:
+        report = check_general_score(wrong, quiet=True)
+        failure = next(c for c in report.cases if not c.passed)
+        assert not report.passed and (named in failure.hint or named in failure.reason), (named, report.text())

@@ -177,3 +177,23 @@ def test_encode_chunk_reference_agrees_with_the_tokenizer():
     text = "def __init__(self, name):\n        self.name = name\n" * 20
     tok = BPETokenizer(pattern=None).train(text, 300)
     assert _encode_chunk_reference(text.encode(), tok.merges) == tok.encode(text)
+
+
+# ---------------------------------------------------------------------------------- wordpiece (new)
+def test_wordpiece_checker():
+    from transformer_book.exercises.ch02 import (
+        _no_hashes,
+        _partial_unk,
+        _shortest_first,
+        _wordpiece_reference,
+        check_wordpiece,
+    )
+
+    assert check_wordpiece(_wordpiece_reference, quiet=True).passed
+    for wrong, named in [(_shortest_first, "shortest piece first"), (_no_hashes, "'##' prefix"),
+                         (_partial_unk, "the whole word becomes ['[UNK]']")]:
+        report = check_wordpiece(wrong, quiet=True)
+        failure = next(c for c in report.cases if not c.passed)
+        assert not report.passed and named in failure.hint, (wrong.__name__, report.text())
+    report = check_wordpiece(lambda word, vocab: list(word), quiet=True)  # characters, no lookup at all
+    assert not report.passed

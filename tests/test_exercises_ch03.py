@@ -123,3 +123,27 @@ def test_alibi_slopes_checker():
         report = check_alibi_slopes(wrong, quiet=True)
         assert not report.passed and "FAILED" in report.text(), wrong.__name__
     assert "not a power of two" in check_alibi_slopes(slopes_no_special_case, quiet=True).text()
+
+
+# ---------------------------------------------------------------------------------- interpolated RoPE (new)
+def test_interpolated_rope_checker():
+    import torch
+
+    from transformer_book.exercises.ch03 import check_interpolated_rope
+    from transformer_book.positional import apply_rope
+
+    def interpolated_rope(x, train_len):
+        t = x.shape[-2]
+        return apply_rope(x, torch.arange(t, dtype=torch.float32) * min(1.0, train_len / t))
+
+    assert check_interpolated_rope(interpolated_rope, quiet=True).passed
+    for wrong, named in [
+        (lambda x, L: apply_rope(x, torch.arange(x.shape[-2], dtype=torch.float32)), "not interpolated"),
+        (lambda x, L: apply_rope(x, torch.arange(x.shape[-2], dtype=torch.float32) * (L / x.shape[-2])),
+         "Short inputs must stay"),
+        (lambda x, L: apply_rope(x, torch.arange(x.shape[-2], dtype=torch.float32)
+                                 * min(1.0, (L - 1) / (x.shape[-2] - 1))), "The factor is train_len / T"),
+    ]:
+        report = check_interpolated_rope(wrong, quiet=True)
+        failure = next(c for c in report.cases if not c.passed)
+        assert not report.passed and named in failure.hint, (named, report.text())

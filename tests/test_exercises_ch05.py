@@ -146,3 +146,19 @@ def test_masked_softmax_no_nan_inside_tells_the_technique_apart():
     for wrong in (lambda s, m: torch.softmax(s.masked_fill(~m, float("-inf")), -1),
                   lambda s, m: torch.softmax(s, -1) * m):
         assert not ch05.check_masked_softmax(wrong, no_nan_inside=True, quiet=True).passed
+
+
+def test_causal_rect_right_and_wrong():
+    def causal_rect(n_q, n_k):
+        return torch.ones(n_q, n_k, dtype=torch.bool).tril(n_k - n_q)
+
+    assert _run(ch05.check_causal_mask_rect, causal_rect).passed
+    for wrong, named in [
+        (lambda nq, nk: torch.ones(nq, nk).tril().bool(), "aligned top-left"),
+        (lambda nq, nk: torch.ones(nq, nk, dtype=torch.bool).tril(nk - nq - 1), "Off by one"),
+        (lambda nq, nk: torch.ones(nq, nk).triu(nk - nq + 1).bool(), "the opposite"),
+    ]:
+        report = _run(ch05.check_causal_mask_rect, wrong)
+        assert not report.passed and named in _first_failure(report).hint, (named, report.text())
+    report = _run(ch05.check_causal_mask_rect, lambda nq, nk: causal_rect(nq, nk).int())
+    assert "dtype int32" in _first_failure(report).reason

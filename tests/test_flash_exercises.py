@@ -110,3 +110,26 @@ def test_merge_attention_checker():
         assert not report.passed
         assert any(case in c.label and not c.passed for c in report.cases), [(c.label, c.passed) for c in report.cases]
     assert check_merge_attention(_not_done, quiet=True).not_done
+
+
+# ---- ex-09-window-blocks (new) ---------------------------------------------------------
+
+
+def test_window_block_kind_checker():
+    from transformer_book.exercises.ch09 import _window_block_kind, check_window_block_kind
+
+    def window_block_kind(q_start, q_stop, k_start, k_stop, window):
+        visible = [i - window < j <= i for i in range(q_start, q_stop) for j in range(k_start, k_stop)]
+        return "full" if all(visible) else "skip" if not any(visible) else "diagonal"
+
+    assert check_window_block_kind(window_block_kind, quiet=True).passed
+    assert check_window_block_kind(_window_block_kind, quiet=True).passed
+    for wrong, named in [
+        (lambda qs, qe, ks, ke, w: block_kind(qs, qe, ks, ke), "You ignored the window"),
+        (lambda qs, qe, ks, ke, w: window_block_kind(qs, qe, ks, ke, w + 1), "Off by one at the window's edge"),
+        (lambda qs, qe, ks, ke, w: "skip" if ks >= qe or ke - 1 <= qs - w else "full", "return 'diagonal'"),
+    ]:
+        report = check_window_block_kind(wrong, quiet=True)
+        failure = next(c for c in report.cases if not c.passed)
+        assert not report.passed and failure.reason.startswith("output is '"), report.text()
+        assert named in failure.hint or named in report.text(), (named, report.text())

@@ -13,7 +13,12 @@ from transformer_book.data.numbers import german_word, split_german
 from transformer_book.exercises.core import Case, CheckReport, check_function
 from transformer_book.seq2seq import additive_scores, dot_scores, masked_softmax
 
-__all__ = ["check_additive_score", "check_dot_attention_weights", "check_split_german"]
+__all__ = [
+    "check_additive_score",
+    "check_dot_attention_weights",
+    "check_split_german",
+    "check_general_score",
+]
 
 
 def _randn(*shape: int, seed: int) -> torch.Tensor:
@@ -72,3 +77,35 @@ def check_split_german(fn, *, quiet: bool = False) -> CheckReport:
     numbers = [24, 0, 1, 17, 101, 1_024, 13_003, 66, 777_777, 372_845, 210_011, 101_001]
     cases = [Case(args=(german_word(x),), label=f"{german_word(x)!r} ({x:,})", hint=hint) for x in numbers]
     return check_function(fn, reference=split_german, cases=cases, exercise="ex-01-split-german", quiet=quiet)
+
+
+def _general_score_reference(query, keys, w):
+    # Luong's "general" score: e_bij = q_bi^T W k_bj, one bilinear form for every pair.
+    return torch.einsum("btq,qk,bsk->bts", query, w, keys)
+
+
+def check_general_score(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-01-general-score: ``fn(query (B, T, C_q), keys (B, S, C_k), w (C_q, C_k)) -> (B, T, S)``,
+    Luong et al.'s "general" score ``q^T W k`` (a variant the chapter does not build)."""
+    hint = ("e[b, i, j] = query[b, i] @ w @ keys[b, j]: map the queries with w (query @ w, shape (B, T, C_k)), "
+            "then take dot products with every key (@ keys.transpose(1, 2)).")
+    cases = [
+        Case(args=(_randn(1, 1, 3, seed=1), _randn(1, 1, 3, seed=2), torch.eye(3)),
+             label="W = identity: the dot score", hint="With W = I the score is q · k."),
+        Case(args=(_randn(2, 3, 4, seed=3), _randn(2, 5, 4, seed=4), _randn(4, 4, seed=5)),
+             label="square W (4, 4), T=3, S=5", hint=hint),
+        Case(args=(_randn(2, 3, 4, seed=6), _randn(2, 5, 6, seed=7), _randn(4, 6, seed=8)),
+             label="rectangular W (C_q=4, C_k=6)", hint=hint),
+        Case(args=(_randn(3, 2, 5, seed=9), _randn(3, 7, 5, seed=10), _randn(5, 5, seed=11)),
+             label="batch of 3: each batch element with its own keys", hint=hint),
+    ]
+    mistakes = [
+        (lambda q, k, w: q @ w.T @ k.transpose(1, 2),
+         "W is transposed: the score is q^T W k, so the query meets W's rows (query @ w), not its columns."),
+        (lambda q, k, w: q @ k.transpose(1, 2),
+         "W is missing: that is the dot score. Map the queries with W first."),
+        (lambda q, k, w: (q @ w @ k.transpose(1, 2)) / (k.shape[-1] ** 0.5),
+         "No 1/sqrt(d) scale in Luong's general score: return q^T W k as it is."),
+    ]
+    return check_function(fn, reference=_general_score_reference, cases=cases, exercise="ex-01-general-score",
+                          quiet=quiet, mistakes=mistakes)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from transformer_book.exercises.core import Case, CheckReport, check_function
 from transformer_book.tokenize import count_pairs, merge_pair
 
-__all__ = ["check_count_pairs", "check_merge_pair", "check_encode_chunk"]
+__all__ = ["check_count_pairs", "check_merge_pair", "check_encode_chunk", "check_wordpiece"]
 
 
 def _count_pairs_reference(ids):
@@ -152,3 +152,88 @@ def check_encode_chunk(fn, *, quiet: bool = False) -> CheckReport:
     ]
     return check_function(fn, reference=_encode_chunk_reference, cases=cases, exercise="ex-02-encode-chunk",
                           quiet=quiet, mistakes=mistakes)
+
+
+def _wordpiece_reference(word, vocab, unk="[UNK]"):
+    # Longest match first, left to right; pieces after the first carry the "##" prefix.
+    pieces, start = [], 0
+    while start < len(word):
+        for end in range(len(word), start, -1):
+            piece = word[start:end] if start == 0 else "##" + word[start:end]
+            if piece in vocab:
+                pieces.append(piece)
+                start = end
+                break
+        else:
+            return [unk]  # no piece fits here: the whole word is unknown
+    return pieces
+
+
+def check_wordpiece(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-02-wordpiece: ``fn(word, vocab) -> list[str]``, WordPiece's greedy longest-match-first split
+    (BERT's tokenizer; a variant the chapter does not build): continuation pieces start with "##",
+    and a word that cannot be covered becomes ``["[UNK]"]``."""
+    vocab = {"un", "##aff", "##able", "##a", "##ff", "aff", "able", "a", "##b", "##l", "##e", "u", "##n"}
+    cases = [
+        Case(args=("unaffable", vocab), label="'unaffable'",
+             hint="At each position take the longest piece in the vocabulary: un, ##aff, ##able."),
+        Case(args=("able", vocab), label="a whole word in the vocabulary", hint="'able' is one piece."),
+        Case(args=("ab", {"a", "ab", "##b"}), label="'ab' with both 'ab' and 'a' + '##b'",
+             hint="Longest match first: 'ab' beats 'a' + '##b'."),
+        Case(args=("unx", vocab), label="a word that cannot be covered",
+             hint="When no piece fits at some position the whole word is ['[UNK]'], not a partial split."),
+        Case(args=("aable", vocab), label="'aable': 'able' only as a continuation",
+             hint="After the first piece, look up '##' + the rest: 'able' is not '##able'."),
+        Case(args=("", vocab), label="empty word", hint="No characters: no pieces, []."),
+    ]
+    mistakes = [
+        (lambda w, v: _shortest_first(w, v), "You took the shortest piece first: WordPiece takes the longest "
+                                              "piece in the vocabulary at each position."),
+        (lambda w, v: _no_hashes(w, v), "Continuation pieces carry the '##' prefix: after the first piece, "
+                                        "look up '##' + the substring."),
+        (lambda w, v: _partial_unk(w, v), "When no piece fits, the whole word becomes ['[UNK]'], not the pieces "
+                                          "found so far plus '[UNK]'."),
+    ]
+    return check_function(fn, reference=_wordpiece_reference, cases=cases, exercise="ex-02-wordpiece",
+                          quiet=quiet, mistakes=mistakes)
+
+
+def _shortest_first(word, vocab):
+    pieces, start = [], 0
+    while start < len(word):
+        for end in range(start + 1, len(word) + 1):
+            piece = word[start:end] if start == 0 else "##" + word[start:end]
+            if piece in vocab:
+                pieces.append(piece)
+                start = end
+                break
+        else:
+            return ["[UNK]"]
+    return pieces
+
+
+def _no_hashes(word, vocab):
+    pieces, start = [], 0
+    while start < len(word):
+        for end in range(len(word), start, -1):
+            if word[start:end] in vocab:
+                pieces.append(word[start:end])
+                start = end
+                break
+        else:
+            return ["[UNK]"]
+    return pieces
+
+
+def _partial_unk(word, vocab):
+    pieces, start = [], 0
+    while start < len(word):
+        for end in range(len(word), start, -1):
+            piece = word[start:end] if start == 0 else "##" + word[start:end]
+            if piece in vocab:
+                pieces.append(piece)
+                start = end
+                break
+        else:
+            return pieces + ["[UNK]"]
+    return pieces

@@ -12,7 +12,7 @@ import torch
 from transformer_book.exercises.core import Case, CheckReport, check_function, compare_values
 from transformer_book.positional import alibi_slopes, apply_rope, sinusoidal_encoding
 
-__all__ = ["check_sinusoidal", "check_rope", "check_alibi_slopes"]
+__all__ = ["check_sinusoidal", "check_rope", "check_alibi_slopes", "check_interpolated_rope"]
 
 
 def _randn(*shape: int, seed: int) -> torch.Tensor:
@@ -91,3 +91,41 @@ def check_alibi_slopes(fn, *, quiet: bool = False) -> CheckReport:
     ]
     return check_function(fn, reference=alibi_slopes, cases=cases, exercise="ex-03-alibi-slopes",
                           compare=_slopes_compare, quiet=quiet)
+
+
+def _interpolated_rope_reference(x, train_len):
+    # Position interpolation (Chen et al., 2023): squeeze positions 0..T-1 into the trained range
+    # [0, train_len) by a factor train_len / T when T > train_len; shorter inputs are unchanged.
+    n = x.shape[-2]
+    positions = torch.arange(n, dtype=torch.float32) * min(1.0, train_len / n)
+    return apply_rope(x, positions)
+
+
+def check_interpolated_rope(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-03-interpolated-rope: ``fn(x (..., T, D), train_len) -> (..., T, D)``: RoPE (adjacent pairs,
+    as in ex-03-rope) at positions ``p * train_len / T`` when ``T > train_len``, at ``p`` otherwise
+    (a variant the chapter does not show: stretching a model trained on ``train_len`` positions)."""
+    g = torch.Generator().manual_seed(3)
+    scale_hint = ("Scale the positions by train_len / T only when T > train_len (then the last position is "
+                  "just below train_len); fractional positions are fine for RoPE.")
+    cases = [
+        Case(args=(torch.randn(1, 6, 8, generator=g), 16), label="T=6 <= train_len=16: plain RoPE",
+             hint="Shorter than training: the positions stay 0..T-1."),
+        Case(args=(torch.randn(2, 32, 8, generator=g), 16), label="T=32, train_len=16: positions halved",
+             hint=scale_hint),
+        Case(args=(torch.randn(2, 3, 20, 4, generator=g), 8), label="(B, H, T, D) with T=20, train_len=8",
+             hint=scale_hint),
+        Case(args=(torch.randn(1, 16, 8, generator=g), 16), label="T = train_len: unchanged", hint=scale_hint),
+    ]
+    mistakes = [
+        (lambda x, L: apply_rope(x, torch.arange(x.shape[-2], dtype=torch.float32)),
+         "The positions were not interpolated: when T > train_len, use p * train_len / T."),
+        (lambda x, L: apply_rope(x, torch.arange(x.shape[-2], dtype=torch.float32) * (L / x.shape[-2])),
+         "Short inputs must stay as they are: scale only when T > train_len (min(1, train_len / T))."),
+        (lambda x, L: apply_rope(x, torch.arange(x.shape[-2], dtype=torch.float32)
+                                 * min(1.0, (L - 1) / (x.shape[-2] - 1))),
+         "The factor is train_len / T (positions 0..T-1 become 0 .. train_len * (T - 1) / T), not "
+         "(train_len - 1) / (T - 1)."),
+    ]
+    return check_function(fn, reference=_interpolated_rope_reference, cases=cases,
+                          exercise="ex-03-interpolated-rope", quiet=quiet, mistakes=mistakes)

@@ -15,7 +15,13 @@ import torch
 from transformer_book.exercises.core import Case, CheckReport, check_function, compare_values
 from transformer_book.masks import causal_mask, padding_mask, prefix_lm_mask
 
-__all__ = ["check_causal_mask", "check_padding_mask", "check_prefix_lm_mask", "check_masked_softmax"]
+__all__ = [
+    "check_causal_mask",
+    "check_padding_mask",
+    "check_prefix_lm_mask",
+    "check_masked_softmax",
+    "check_causal_mask_rect",
+]
 
 _BOOL_HINT = "Return a torch.bool tensor (comparisons such as `s <= t` give one; .bool() converts)."
 
@@ -146,3 +152,36 @@ def check_masked_softmax(fn, *, no_nan_inside: bool = False, quiet: bool = False
     return check_function(_with_gradient(fn, no_nan_inside), reference=_with_gradient(_masked_softmax_reference),
                           cases=cases, exercise="ex-05-masked-softmax", name=getattr(fn, "__name__", None),
                           quiet=quiet, compare=_nan_inside_compare if no_nan_inside else None)
+
+
+def _causal_rect_reference(n_q: int, n_k: int) -> torch.Tensor:
+    # The queries are the last n_q positions of the n_k keys: query i sits at position i + n_k - n_q.
+    return torch.arange(n_k)[None, :] <= torch.arange(n_q)[:, None] + (n_k - n_q)
+
+
+def check_causal_mask_rect(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-05-causal-rect: ``fn(n_q, n_k) -> (n_q, n_k)`` bool, the causal mask aligned bottom-right.
+
+    The ``n_q`` queries are the *last* ``n_q`` of ``n_k`` positions (decoding with a cache: the
+    keys include every earlier token): query ``i`` may attend to key ``j`` when
+    ``j <= i + n_k - n_q``. For ``n_q == n_k`` this is the ordinary causal mask.
+    """
+    hint = ("The queries are the last n_q of the n_k positions, so query i sits at position i + (n_k - n_q): "
+            "allowed when j <= i + n_k - n_q. torch.tril(ones(n_q, n_k)) aligns top-left instead (the "
+            "first query would see only key 0). " + _BOOL_HINT)
+    cases = [Case(args=(n, n), label=f"n_q = n_k = {n}", hint=hint) for n in (4,)]
+    cases += [Case(args=(nq, nk), label=f"n_q={nq}, n_k={nk}", hint=hint) for nq, nk in ((2, 6), (3, 7), (1, 5))]
+    cases += [Case(args=(1, 1), label="n_q = n_k = 1", hint=hint)]
+    cases += [Case(args=(4, 2), label="more queries than keys (n_q=4, n_k=2): the first rows see nothing",
+                   hint="With n_q > n_k the offset is negative: the first n_q - n_k queries see no key.")]
+    mistakes = [
+        (lambda nq, nk: torch.ones(nq, nk).tril().bool(),
+         "Your mask is aligned top-left (torch.tril): with a cache the queries are the *last* positions, "
+         "so query i sits at position i + n_k - n_q."),
+        (lambda nq, nk: torch.arange(nk)[None, :] < torch.arange(nq)[:, None] + (nk - nq),
+         "Off by one: a query may attend to its own position (<=, not <)."),
+        (lambda nq, nk: torch.ones(nq, nk).triu(nk - nq + 1).bool(),
+         "Your mask is the opposite (True where the future is): True means *may attend*."),
+    ]
+    return check_function(fn, reference=_causal_rect_reference, cases=cases, exercise="ex-05-causal-rect",
+                          quiet=quiet, mistakes=mistakes)

@@ -12,7 +12,7 @@ import torch
 from transformer_book.exercises.core import Case, CheckReport, check_function
 from transformer_book.flash import online_softmax_update, tiled_attention
 
-__all__ = ["check_online_update", "check_causal_block_kind", "check_merge_attention"]
+__all__ = ["check_online_update", "check_causal_block_kind", "check_merge_attention", "check_window_block_kind"]
 
 _NEG_INF = float("-inf")
 
@@ -143,3 +143,55 @@ def check_merge_attention(fn, *, quiet: bool = False) -> CheckReport:
     ]
     return check_function(fn, reference=_merge_attention, cases=cases, exercise="ex-09-merge-attention",
                           quiet=quiet)
+
+
+# ----------------------------------------------------------------------------------------
+# ex-09-window-blocks (transfer: a tile kind the chapter does not show)
+# ----------------------------------------------------------------------------------------
+
+
+def _window_block_kind(q_start: int, q_stop: int, k_start: int, k_stop: int, window: int) -> str:
+    # Query i sees key j when i - window < j <= i. In a tile, j - i is smallest at
+    # (q_stop - 1, k_start) and largest at (q_start, k_stop - 1).
+    lo, hi = k_start - (q_stop - 1), (k_stop - 1) - q_start
+    if lo > 0 or hi <= -window:  # every key after its query, or every key too far back
+        return "skip"
+    if hi <= 0 and lo > -window:
+        return "full"
+    return "diagonal"
+
+
+def check_window_block_kind(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-09-window-blocks: ``fn(q_start, q_stop, k_start, k_stop, window) -> "skip" | "full" | "diagonal"``
+    for sliding-window causal attention: query i sees key j when ``i - window < j <= i``."""
+    far = ("A key more than window - 1 positions before a query is out of its window: a tile whose last "
+           "key is too far back for even the first query is 'skip' ((k_stop - 1) <= q_start - window).")
+    full = ("'full' needs both ends inside every query's window: the last key at or before the first query "
+            "(k_stop - 1 <= q_start) and the first key within reach of the last query "
+            "(k_start > q_stop - 1 - window).")
+    diag = "Part of the tile is visible and part is not: 'diagonal'."
+    cases = [
+        Case(args=(8, 12, 0, 4, 4), label="keys far behind the queries (window 4)", hint=far),
+        Case(args=(0, 4, 4, 8, 4), label="keys after the queries (causal skip)", hint=far),
+        Case(args=(8, 12, 4, 8, 8), label="inside the window for every query", hint=full),
+        Case(args=(8, 12, 4, 8, 4), label="the window's trailing edge crosses the tile", hint=diag),
+        Case(args=(8, 12, 8, 12, 16), label="the diagonal tile", hint=diag),
+        Case(args=(8, 12, 5, 6, 4), label="one key, the lower edge: 5 is inside for query 8 only", hint=diag),
+        Case(args=(8, 9, 5, 6, 4), label="query 8, key 5, window 4 (8 - 4 < 5)", hint=full),
+        Case(args=(8, 9, 4, 5, 4), label="query 8, key 4, window 4 (just outside)", hint=far),
+        Case(args=(0, 4, 0, 4, 1), label="window 1: each query sees only itself", hint=diag),
+        Case(args=(100, 101, 0, 100, 1000), label="a window longer than the sequence: plain causal", hint=full),
+    ]
+    mistakes = [  # the off-by-one first: where both match, it is the nearer miss
+        (lambda qs, qe, ks, ke, w: _window_block_kind(qs, qe, ks, ke, w + 1),
+         "Off by one at the window's edge: query i sees key j when i - window < j (strictly), so with "
+         "window 4 query 8 sees keys 5..8, not 4."),
+        (lambda qs, qe, ks, ke, w: "skip" if _window_block_kind(qs, qe, ks, ke, w) == "skip" else "full",
+         "Some tiles are neither full nor skipped: where the diagonal or the window's edge crosses the "
+         "tile, return 'diagonal'."),
+        (lambda qs, qe, ks, ke, w: _causal_block_kind(qs, qe, ks, ke),
+         "You ignored the window: keys more than window - 1 positions back are not visible, so tiles far "
+         "below the diagonal are 'skip' (or 'diagonal' where the window's edge crosses them)."),
+    ]
+    return check_function(fn, reference=_window_block_kind, cases=cases, exercise="ex-09-window-blocks",
+                          quiet=quiet, mistakes=mistakes)
