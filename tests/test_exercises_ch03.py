@@ -11,6 +11,10 @@ from transformer_book.exercises.ch03 import check_alibi_slopes, check_rope, chec
 torch.set_num_threads(1)
 
 
+def _first_failure(report):
+    return next(c for c in report.cases if not c.passed)
+
+
 # ---------------------------------------------------------------------------------- sinusoidal
 def sinusoidal_right(n_positions, d_model):
     p = torch.arange(n_positions, dtype=torch.float64)[:, None]
@@ -44,9 +48,11 @@ def sinusoidal_halves(n_positions, d_model):
 def test_sinusoidal_checker():
     assert check_sinusoidal(sinusoidal_right, quiet=True).passed
     assert check_sinusoidal(sinusoidal_float64, quiet=True).passed  # any float dtype is fine
-    for wrong in (sinusoidal_swapped, sinusoidal_exponent_i, sinusoidal_halves):
+    for wrong, named in [(sinusoidal_swapped, "Sine and cosine are swapped"),
+                         (sinusoidal_exponent_i, "exponent is 2i/d"), (sinusoidal_halves, "interleave them")]:
         report = check_sinusoidal(wrong, quiet=True)
         assert not report.passed and "FAILED" in report.text(), wrong.__name__
+        assert named in _first_failure(report).hint, (wrong.__name__, report.text())
 
 
 # ---------------------------------------------------------------------------------- RoPE
@@ -84,9 +90,11 @@ def rope_todo(x, positions):
 
 def test_rope_checker():
     assert check_rope(rope_right, quiet=True).passed
-    for wrong in (rope_half_pairs, rope_clockwise, rope_wrong_frequency):
+    for wrong, named in [(rope_half_pairs, "'half' layout"), (rope_clockwise, "wrong way (clockwise)"),
+                         (rope_wrong_frequency, "exponent 2i/D")]:
         report = check_rope(wrong, quiet=True)
         assert not report.passed and "FAILED" in report.text(), wrong.__name__
+        assert named in _first_failure(report).hint, (wrong.__name__, report.text())
     assert check_rope(rope_todo, quiet=True).not_done
 
 
@@ -119,9 +127,11 @@ def slopes_wrong_interleave(n):
 def test_alibi_slopes_checker():
     assert check_alibi_slopes(slopes_right, quiet=True).passed
     assert check_alibi_slopes(slopes_tensor, quiet=True).passed
-    for wrong in (slopes_no_special_case, slopes_off_by_one, slopes_wrong_interleave):
+    for wrong, named in [(slopes_no_special_case, "not a power of two"), (slopes_off_by_one, "Off by one"),
+                         (slopes_wrong_interleave, "not indices 1, 3, 5")]:
         report = check_alibi_slopes(wrong, quiet=True)
         assert not report.passed and "FAILED" in report.text(), wrong.__name__
+        assert named in _first_failure(report).hint, (wrong.__name__, report.text())
     assert "not a power of two" in check_alibi_slopes(slopes_no_special_case, quiet=True).text()
 
 

@@ -34,8 +34,24 @@ def check_sinusoidal(fn, *, quiet: bool = False) -> CheckReport:
         Case(args=(50, 16), label="50 positions, d=16", hint=formula_hint),
         Case(args=(10, 128), label="10 positions, d=128", hint=formula_hint),
     ]
+    d_index = lambda d: [k ^ 1 for k in range(d)]  # noqa: E731 - swaps each (sin, cos) pair
+    mistakes = [
+        (lambda n, d: sinusoidal_encoding(n, d)[:, d_index(d)],
+         "Sine and cosine are swapped: the sine goes in the even columns (2i), the cosine in the odd ones."),
+        (lambda n, d: torch.cat((sinusoidal_encoding(n, d)[:, 0::2], sinusoidal_encoding(n, d)[:, 1::2]), 1),
+         "All sines first, then all cosines: interleave them instead (sines in columns 0::2, cosines in 1::2)."),
+        (_sinusoidal_exponent_i,
+         "The frequencies are off: the exponent is 2i/d with i the pair index (so 0, 2, 4, ... over d), "
+         "not i/d."),
+    ]
     return check_function(fn, reference=_sinusoidal_reference, cases=cases, exercise="ex-03-sinusoidal",
-                          check_dtype=False, atol=1e-5, quiet=quiet)
+                          check_dtype=False, atol=1e-5, quiet=quiet, mistakes=mistakes)
+
+
+def _sinusoidal_exponent_i(n_positions, d_model):  # a known mistake: exponent i/d instead of 2i/d
+    p = torch.arange(n_positions, dtype=torch.float64)[:, None]
+    angle = p / 10000 ** (torch.arange(d_model // 2, dtype=torch.float64) / d_model)
+    return torch.stack((angle.sin(), angle.cos()), -1).flatten(1).float()
 
 
 def _rope_reference(x, positions):
@@ -59,8 +75,25 @@ def check_rope(fn, *, quiet: bool = False) -> CheckReport:
         Case(args=(_randn(1, 2, 4, 6, seed=3), torch.zeros(4, dtype=torch.long)), label="position 0 everywhere",
              hint="At position 0 the angle is 0: the output equals x."),
     ]
+    mistakes = [
+        (lambda x, pos: apply_rope(x, -pos), "The rotation goes the wrong way (clockwise): (a, b) -> "
+                                             "(a cos - b sin, a sin + b cos), with + in the second."),
+        (lambda x, pos: apply_rope(x, pos, pairing="half"),
+         "You paired dimension i with i + D/2 (the 'half' layout of GPT-NeoX/Llama): this exercise pairs "
+         "adjacent dimensions (2i, 2i + 1)."),
+        (_rope_exponent_i, "The frequencies are off: w_i = 10000^(-2i/D) for pair i (exponent 2i/D), not "
+                           "10000^(-i/D)."),
+    ]
     return check_function(fn, reference=_rope_reference, cases=cases, exercise="ex-03-rope", atol=1e-5,
-                          quiet=quiet)
+                          quiet=quiet, mistakes=mistakes)
+
+
+def _rope_exponent_i(x, positions):  # a known mistake: exponent i/D instead of 2i/D
+    d = x.shape[-1]
+    angle = positions.double()[:, None] * 10000 ** (-torch.arange(d // 2, dtype=torch.float64) / d)
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    a, b = x[..., 0::2], x[..., 1::2]
+    return torch.stack((a * cos - b * sin, a * sin + b * cos), -1).flatten(-2)
 
 
 def _slopes_compare(expected, received):
@@ -89,8 +122,24 @@ def check_alibi_slopes(fn, *, quiet: bool = False) -> CheckReport:
         Case(args=(12,), label="12 heads (not a power of two)", hint=other_hint),
         Case(args=(3,), label="3 heads (not a power of two)", hint=other_hint),
     ]
+    mistakes = [  # as tensors, like the reference: _slopes_compare takes the expected value as one
+        (lambda n: torch.tensor([2 ** (-8 * h / n) for h in range(n)]),
+         "Off by one: h runs from 1 to n, so the first slope is 2^(-8/n), not 2^0 = 1."),
+        (lambda n: torch.tensor([2 ** (-8 * h / n) for h in range(1, n + 1)]),
+         "For a number of heads that is not a power of two, the formula 2^(-8h/n) is not used as it is: "
+         "take the n' slopes of the largest power of two n' < n, then every other slope of the 2n' sequence."),
+        (_slopes_odd_indices,
+         "The extra slopes are those at indices 0, 2, 4, ... of the 2n'-head sequence (its odd-numbered "
+         "heads h = 1, 3, 5, ...), not indices 1, 3, 5, ...."),
+    ]
     return check_function(fn, reference=alibi_slopes, cases=cases, exercise="ex-03-alibi-slopes",
-                          compare=_slopes_compare, quiet=quiet)
+                          compare=_slopes_compare, quiet=quiet, mistakes=mistakes)
+
+
+def _slopes_odd_indices(n):  # a known mistake: the extra slopes at indices 1, 3, 5, ...
+    below = 2 ** (n.bit_length() - 1)
+    power = lambda m: [2 ** (-8 * h / m) for h in range(1, m + 1)]  # noqa: E731
+    return torch.tensor(power(below) + power(2 * below)[1::2][: n - below])
 
 
 def _interpolated_rope_reference(x, train_len):
