@@ -82,17 +82,20 @@ def test_dot_right_and_wrong():
 
     report = _run(ch01.check_dot_attention_weights, ignores_mask)
     assert not report.passed and _first_failure(report).label.startswith("source lengths")
+    assert "The mask is ignored" in _first_failure(report).hint
 
     def zeroed_after_softmax(query, keys, mask):
         return (query @ keys.transpose(1, 2)).softmax(-1) * mask[:, None, :]
 
-    assert not _run(ch01.check_dot_attention_weights, zeroed_after_softmax).passed
+    report = _run(ch01.check_dot_attention_weights, zeroed_after_softmax)
+    assert not report.passed and "after the softmax" in _first_failure(report).hint
 
     def wrong_axis(query, keys, mask):
         scores = query @ keys.transpose(1, 2)
         return scores.masked_fill(~mask[:, None, :], float("-inf")).softmax(1)
 
-    assert not _run(ch01.check_dot_attention_weights, wrong_axis).passed
+    report = _run(ch01.check_dot_attention_weights, wrong_axis)
+    assert not report.passed and "wrong axis" in _first_failure(report).hint
 
     def naive_exp(query, keys, mask):
         e = (query @ keys.transpose(1, 2)).exp() * mask[:, None, :]

@@ -126,7 +126,8 @@ def test_param_count_right_and_wrong():
         return 2 * d * d + 2 * d * kv * d + ((2 * d + 2 * kv * d) if bias else 0)
 
     assert _run(ch04.check_param_count, right).passed
-    for wrong in (ignores_kv_heads, forgets_bias, counts_kv_heads_as_full):
+    for wrong, named in [(ignores_kv_heads, "four d_model x d_model projections"),
+                         (forgets_bias, "The biases are missing"), (counts_kv_heads_as_full, "head_dim = d_model")]:
         report = _run(ch04.check_param_count, wrong)
         assert not report.passed, wrong.__name__
-        assert "expected" in report.text()
+        assert "expected" in report.text() and named in _first_failure(report).hint, (wrong.__name__, report.text())

@@ -66,8 +66,20 @@ def check_dot_attention_weights(fn, *, quiet: bool = False) -> CheckReport:
     cases.append(Case(args=(q, k, torch.tensor([[True] * 5, [True, True, False, False, False]])),
                       label="large scores (a naive exp overflows)",
                       hint="Use torch.softmax (it subtracts the row maximum) rather than exp / sum."))
+    def scores(q, k):
+        return q @ k.transpose(1, 2)
+
+    mistakes = [
+        (lambda q, k, m: scores(q, k).softmax(-1),
+         "The mask is ignored: padding keys get weight. Fill their scores with -inf before the softmax."),
+        (lambda q, k, m: scores(q, k).softmax(-1) * m[:, None, :],
+         "You zeroed the padding after the softmax: the rows no longer sum to 1. Mask the scores (-inf) "
+         "*before* the softmax, so the real tokens share the whole weight."),
+        (lambda q, k, m: scores(q, k).masked_fill(~m[:, None, :], float("-inf")).softmax(1),
+         "The softmax runs over the wrong axis: normalise over the keys, the last dimension (dim=-1)."),
+    ]
     return check_function(fn, reference=_dot_attention_weights_reference, cases=cases,
-                          exercise="ex-01-dot-attention", quiet=quiet)
+                          exercise="ex-01-dot-attention", quiet=quiet, mistakes=mistakes)
 
 
 def check_split_german(fn, *, quiet: bool = False) -> CheckReport:

@@ -107,4 +107,21 @@ def check_param_count(fn, *, quiet: bool = False) -> CheckReport:
                           label=f"{kind} d_model={d_model}, H={n_heads}, H_kv={n_kv_heads}, bias={bias}",
                           hint=("q_proj and out_proj: d_model*d_model weights; k_proj and v_proj: "
                                 "d_model*(n_kv_heads*d_model/n_heads); biases: one per output channel.")))
-    return check_function(fn, reference=None, cases=cases, exercise="ex-04-param-count", quiet=quiet)
+    def kv_dim(d, h, kv):
+        return kv * (d // h)
+
+    mistakes = [
+        (lambda d, h, kv, b: 4 * d * d + (4 * d if b else 0),
+         "You counted four d_model x d_model projections: with n_kv_heads < n_heads the key and value "
+         "projections are smaller, d_model x (n_kv_heads * d_model / n_heads) each."),
+        (lambda d, h, kv, b: 2 * d * d + 2 * d * kv_dim(d, h, kv),
+         "The biases are missing: with bias=True each projection has one bias per output channel."),
+        (lambda d, h, kv, b: 2 * d * d + 2 * d * kv * d + ((2 * d + 2 * kv * d) if b else 0),
+         "A key/value head has head_dim = d_model / n_heads channels, not d_model: the key projection "
+         "maps to n_kv_heads * d_model / n_heads channels."),
+        (lambda d, h, kv, b: 2 * d * d + 2 * d * kv_dim(d, h, kv) + (4 * d if b else 0),
+         "The key and value biases have n_kv_heads * d_model / n_heads entries each (one per output "
+         "channel of their projection), not d_model."),
+    ]
+    return check_function(fn, reference=None, cases=cases, exercise="ex-04-param-count", quiet=quiet,
+                          mistakes=mistakes)
