@@ -131,3 +131,24 @@ def test_param_count_right_and_wrong():
         report = _run(ch04.check_param_count, wrong)
         assert not report.passed, wrong.__name__
         assert "expected" in report.text() and named in _first_failure(report).hint, (wrong.__name__, report.text())
+
+
+# ---------------------------------------------------------------- soft-capped attention (new)
+def test_softcap_attention_right_and_wrong():
+    import math
+
+    def softcap_attention(q, k, v, cap):
+        s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+        w = torch.softmax(cap * torch.tanh(s / cap), dim=-1)
+        return w @ v, w
+
+    assert ch04.check_softcap_attention(softcap_attention, quiet=True).passed
+    for wrong, named in [
+        (lambda q, k, v, c: ch04._sdpa_reference(q, k, v), "No cap"),
+        (ch04._capped_unscaled, "capped before scaling"),
+        (ch04._clamped, "A hard clamp"),
+    ]:
+        report = _run(ch04.check_softcap_attention, wrong)
+        assert not report.passed and named in _first_failure(report).hint, (named, report.text())
+    report = _run(ch04.check_softcap_attention, lambda q, k, v, c: softcap_attention(q, k, v, c)[0])
+    assert "expected a tuple of 2 items" in _first_failure(report).reason

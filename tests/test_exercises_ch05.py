@@ -162,3 +162,19 @@ def test_causal_rect_right_and_wrong():
         assert not report.passed and named in _first_failure(report).hint, (named, report.text())
     report = _run(ch05.check_causal_mask_rect, lambda nq, nk: causal_rect(nq, nk).int())
     assert "dtype int32" in _first_failure(report).reason
+
+
+def test_document_mask_right_and_wrong():
+    def document_mask(doc_ids):
+        t = torch.arange(doc_ids.shape[-1])
+        return (doc_ids.unsqueeze(-1) == doc_ids.unsqueeze(-2)) & (t[None, :] <= t[:, None])
+
+    assert _run(ch05.check_document_mask, document_mask).passed
+    t = lambda d: torch.arange(d.shape[-1])  # noqa: E731
+    for wrong, named in [
+        (lambda d: d[..., :, None] == d[..., None, :], "Not causal"),
+        (lambda d: (t(d)[None, :] <= t(d)[:, None]).expand(*d.shape, d.shape[-1]), "leak into each other"),
+        (lambda d: (d[..., :, None] == d[..., None, :]) | (t(d)[None, :] <= t(d)[:, None]), "OR instead of AND"),
+    ]:
+        report = _run(ch05.check_document_mask, wrong)
+        assert not report.passed and named in _first_failure(report).hint, (named, report.text())

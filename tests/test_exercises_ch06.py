@@ -143,3 +143,21 @@ def test_infinite_loop_is_stopped():
                                                                              expected=torch.ones(2))],
                                  exercise="ex-06-rmsnorm", timeout_s=0.5, quiet=True)
     assert not report.passed and "stopped" in report.cases[0].reason
+
+
+# ---------------------------------------------------------------- GNMT length penalty (new)
+def test_gnmt_rerank_right_and_wrong():
+    def gnmt_rerank(log_probs, lengths, alpha):
+        scores = log_probs / ((5 + lengths) / 6) ** alpha
+        return torch.sort(scores, descending=True, stable=True).indices
+
+    assert ch06.check_gnmt_rerank(gnmt_rerank, quiet=True).passed
+    for wrong, named in [
+        (lambda lp, n, a: torch.argsort(lp / n ** a, descending=True), "the chapter's |Y|^alpha penalty"),
+        (lambda lp, n, a: torch.argsort(lp / ((5 + n) / 6) ** a), "descending order"),
+        (lambda lp, n, a: torch.argsort(lp * ((5 + n) / 6) ** a, descending=True), "Divide by the penalty"),
+    ]:
+        report = ch06.check_gnmt_rerank(wrong, quiet=True)
+        assert not report.passed and named in _first_failure(report).hint, (named, report.text())
+    report = ch06.check_gnmt_rerank(lambda lp, n, a: gnmt_rerank(lp, n, a).tolist(), quiet=True)
+    assert not report.passed and "expected a torch.Tensor" in _first_failure(report).reason

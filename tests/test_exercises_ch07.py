@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -166,3 +168,23 @@ def test_bigram_counts_right_passes():
 def test_bigram_counts_wrong_solutions_fail(wrong, expected_message):
     report = _run(ch07.check_bigram_counts, wrong)
     assert not report.passed and expected_message in report.text()
+
+
+# ---------------------------------------------------------------- min-p (new)
+def test_min_p_right_and_wrong():
+    from transformer_book.exercises.ch07 import check_min_p
+
+    def min_p(logits, p_min):
+        log_p = torch.log_softmax(logits, dim=-1)
+        keep = log_p >= log_p.amax(-1, keepdim=True) + math.log(p_min)
+        return logits.masked_fill(~keep, float("-inf"))
+
+    assert check_min_p(min_p, quiet=True).passed
+    for wrong, named in [
+        (lambda x, p: x.masked_fill(torch.softmax(x, -1) < p, float("-inf")), "The threshold is relative"),
+        (lambda x, p: x.masked_fill(x < p * x.amax(-1, keepdim=True), float("-inf")), "Compare probabilities"),
+        (lambda x, p: torch.softmax(x, -1).masked_fill(
+            torch.softmax(x, -1) < p * torch.softmax(x, -1).amax(-1, keepdim=True), 0.0), "Return filtered logits"),
+    ]:
+        report = check_min_p(wrong, quiet=True)
+        assert not report.passed and named in _first_failure(report).hint, (named, report.text())

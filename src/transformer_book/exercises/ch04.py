@@ -18,7 +18,14 @@ from transformer_book.attention import (
 )
 from transformer_book.exercises.core import Case, CheckReport, check_function
 
-__all__ = ["check_sdpa", "check_split_heads", "check_merge_heads", "check_repeat_kv", "check_param_count"]
+__all__ = [
+    "check_sdpa",
+    "check_split_heads",
+    "check_merge_heads",
+    "check_repeat_kv",
+    "check_param_count",
+    "check_softcap_attention",
+]
 
 
 def _randn(*shape: int, seed: int, scale: float = 1.0) -> torch.Tensor:
@@ -125,3 +132,50 @@ def check_param_count(fn, *, quiet: bool = False) -> CheckReport:
     ]
     return check_function(fn, reference=None, cases=cases, exercise="ex-04-param-count", quiet=quiet,
                           mistakes=mistakes)
+
+
+def _softcap_attention_reference(q, k, v, cap):
+    # Gemma 2's logit soft-capping: scores squashed smoothly into (-cap, cap) before the softmax.
+    scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+    weights = torch.softmax(cap * torch.tanh(scores / cap), dim=-1)
+    return weights @ v, weights
+
+
+def check_softcap_attention(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-04-softcap: ``fn(q, k, v, cap) -> (output, weights)``: scaled dot-product attention whose
+    scaled scores ``s`` are soft-capped to ``cap * tanh(s / cap)`` before the softmax (Gemma 2; a
+    variant the chapter does not show)."""
+    g = torch.Generator().manual_seed(4)
+
+    def qkv(*lead, t_q=3, t_k=5, d=8, scale=1.0):
+        return (torch.randn(*lead, t_q, d, generator=g) * scale, torch.randn(*lead, t_k, d, generator=g) * scale,
+                torch.randn(*lead, t_k, 4, generator=g))
+
+    hint = ("Scale first (s = q @ k^T / sqrt(D)), then cap (cap * tanh(s / cap)), then softmax over the keys.")
+    cases = [
+        Case(args=(*qkv(1, scale=0.1), 50.0), label="small scores, cap 50: almost plain attention", hint=hint),
+        Case(args=(*qkv(2, 2, scale=6.0), 5.0), label="large scores, cap 5: the cap matters", hint=hint),
+        Case(args=(*qkv(3, t_q=1, t_k=7, scale=4.0), 1.0), label="cap 1, one query", hint=hint),
+    ]
+    mistakes = [
+        (lambda q, k, v, c: _sdpa_reference(q, k, v),
+         "No cap: squash the scaled scores with cap * tanh(scores / cap) before the softmax."),
+        (lambda q, k, v, c: _capped_unscaled(q, k, v, c),
+         "You capped before scaling: divide by sqrt(D) first, then cap the scaled scores."),
+        (lambda q, k, v, c: _clamped(q, k, v, c),
+         "A hard clamp is not the soft cap: use cap * tanh(scores / cap), smooth and with a gradient everywhere."),
+    ]
+    return check_function(fn, reference=_softcap_attention_reference, cases=cases, exercise="ex-04-softcap",
+                          quiet=quiet, mistakes=mistakes)
+
+
+def _capped_unscaled(q, k, v, cap):  # a known mistake: cap, then scale
+    scores = cap * torch.tanh(q @ k.transpose(-2, -1) / cap) / q.shape[-1] ** 0.5
+    weights = torch.softmax(scores, dim=-1)
+    return weights @ v, weights
+
+
+def _clamped(q, k, v, cap):  # a known mistake: a hard clamp
+    scores = (q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).clamp(-cap, cap)
+    weights = torch.softmax(scores, dim=-1)
+    return weights @ v, weights

@@ -21,6 +21,7 @@ __all__ = [
     "check_prefix_lm_mask",
     "check_masked_softmax",
     "check_causal_mask_rect",
+    "check_document_mask",
 ]
 
 _BOOL_HINT = "Return a torch.bool tensor (comparisons such as `s <= t` give one; .bool() converts)."
@@ -184,4 +185,39 @@ def check_causal_mask_rect(fn, *, quiet: bool = False) -> CheckReport:
          "Your mask is the opposite (True where the future is): True means *may attend*."),
     ]
     return check_function(fn, reference=_causal_rect_reference, cases=cases, exercise="ex-05-causal-rect",
+                          quiet=quiet, mistakes=mistakes)
+
+
+def _document_mask_reference(doc_ids: torch.Tensor) -> torch.Tensor:
+    # Packed sequences: a query sees the keys of its own document, causally.
+    t = torch.arange(doc_ids.shape[-1])
+    same = doc_ids[..., :, None] == doc_ids[..., None, :]
+    return same & (t[None, :] <= t[:, None])
+
+
+def check_document_mask(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-05-document-mask: ``fn(doc_ids (..., T)) -> (..., T, T)`` bool: several documents packed
+    into one sequence; query t may attend to key s when both belong to the same document and
+    ``s <= t`` (a mask the chapter does not build: it combines two of its ideas)."""
+    hint = ("Two conditions joined by AND: the same document (doc_ids[..., :, None] == doc_ids[..., None, :]) "
+            "and causal (s <= t). " + _BOOL_HINT)
+    cases = [
+        Case(args=(torch.tensor([0, 0, 0, 1, 1, 2]),), label="three documents of lengths 3, 2, 1", hint=hint),
+        Case(args=(torch.tensor([5, 5, 5, 5]),), label="one document: the causal mask", hint=hint),
+        Case(args=(torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]]),), label="a batch of two packings (2, 4)",
+             hint="Compare within each row: doc_ids[..., :, None] == doc_ids[..., None, :] keeps the batch."),
+        Case(args=(torch.tensor([3, 3, 7, 3]),), label="ids that come back (3, 3, 7, 3): still one id, one document",
+             hint="Documents are defined by their id: equal ids attend to each other, causally."),
+    ]
+    mistakes = [
+        (lambda d: d[..., :, None] == d[..., None, :],
+         "Not causal: within a document a query may only look back (s <= t)."),
+        (lambda d: (torch.arange(d.shape[-1])[None, :] <= torch.arange(d.shape[-1])[:, None]).expand(
+            *d.shape, d.shape[-1]),
+         "The documents leak into each other: also require the same document id."),
+        (lambda d: (d[..., :, None] == d[..., None, :]) | (torch.arange(d.shape[-1])[None, :]
+                                                          <= torch.arange(d.shape[-1])[:, None]),
+         "OR instead of AND: a key must be in the same document *and* not in the future."),
+    ]
+    return check_function(fn, reference=_document_mask_reference, cases=cases, exercise="ex-05-document-mask",
                           quiet=quiet, mistakes=mistakes)

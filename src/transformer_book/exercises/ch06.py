@@ -12,7 +12,13 @@ import torch.nn.functional as F
 
 from transformer_book.exercises.core import Case, CheckReport, check_function
 
-__all__ = ["check_rms_norm", "check_residual", "check_beam_step", "check_label_smoothing"]
+__all__ = [
+    "check_rms_norm",
+    "check_residual",
+    "check_beam_step",
+    "check_label_smoothing",
+    "check_gnmt_rerank",
+]
 
 
 def _randn(*shape: int, seed: int, scale: float = 1.0) -> torch.Tensor:
@@ -145,3 +151,38 @@ def check_label_smoothing(fn, *, quiet: bool = False) -> CheckReport:
     ]
     return check_function(fn, reference=_label_smoothing_reference, cases=cases, exercise="ex-06-label-smoothing",
                           quiet=quiet, atol=1e-5, rtol=1e-4)
+
+
+def _gnmt_rerank_reference(log_probs, lengths, alpha):
+    # Wu et al. (2016), GNMT: score = log p / lp(Y), lp(Y) = ((5 + |Y|) / 6)^alpha; best first.
+    lp = ((5.0 + lengths.to(log_probs.dtype)) / 6.0) ** alpha
+    return torch.argsort(log_probs / lp, descending=True, stable=True)
+
+
+def check_gnmt_rerank(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-06-gnmt-rerank: ``fn(log_probs (N,), lengths (N,), alpha) -> order (N,)`` int64, the
+    hypotheses' indices best first under GNMT's length penalty ``((5 + |Y|) / 6)^alpha``
+    (a variant of the chapter's ``|Y|^alpha`` normalisation)."""
+    hint = ("Divide each total log-probability by ((5 + length) / 6) ** alpha, then sort descending "
+            "(the largest, i.e. least negative, score first).")
+    cases = [
+        Case(args=(torch.tensor([-4.0, -6.0, -5.0]), torch.tensor([4, 8, 5]), 0.0),
+             label="alpha = 0: the raw totals", hint="With alpha = 0 the penalty is 1: sort by log_probs."),
+        Case(args=(torch.tensor([-4.0, -6.0, -5.0]), torch.tensor([4, 10, 5]), 1.0),
+             label="alpha = 1: the long hypothesis wins", hint=hint),
+        Case(args=(torch.tensor([-2.0, -9.0, -3.5, -7.0]), torch.tensor([2, 12, 3, 9]), 0.6),
+             label="alpha = 0.6 (GNMT's value)", hint=hint),
+        Case(args=(torch.tensor([-3.0, -8.0]), torch.tensor([1, 20]), 2.0), label="alpha = 2", hint=hint),
+        Case(args=(torch.tensor([-1.0, -1.9]), torch.tensor([1, 2]), 1.0),
+             label="short hypotheses, where |Y|^alpha and GNMT's penalty disagree", hint=hint),
+    ]
+    mistakes = [
+        (lambda lp, n, a: torch.argsort(lp / n.to(lp.dtype) ** a, descending=True, stable=True),
+         "That is the chapter's |Y|^alpha penalty: GNMT's is ((5 + |Y|) / 6)^alpha."),
+        (lambda lp, n, a: torch.argsort(lp / ((5.0 + n.to(lp.dtype)) / 6.0) ** a, stable=True),
+         "Best first means descending order: the largest (least negative) score first."),
+        (lambda lp, n, a: torch.argsort(lp * ((5.0 + n.to(lp.dtype)) / 6.0) ** a, descending=True, stable=True),
+         "Divide by the penalty (it is >= 1 and grows with length, so long hypotheses are penalised less)."),
+    ]
+    return check_function(fn, reference=_gnmt_rerank_reference, cases=cases, exercise="ex-06-gnmt-rerank",
+                          quiet=quiet, mistakes=mistakes)

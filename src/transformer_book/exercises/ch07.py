@@ -15,7 +15,7 @@ from transformer_book.bigram import bigram_counts
 from transformer_book.exercises.core import Case, CheckReport, check_function
 from transformer_book.generate import top_k_filter, top_p_filter
 
-__all__ = ["check_top_k", "check_top_p", "check_lm_loss", "check_bigram_counts"]
+__all__ = ["check_top_k", "check_top_p", "check_lm_loss", "check_bigram_counts", "check_min_p"]
 
 _INF_HINT = "Removed tokens get float('-inf') (probability exactly 0 after the softmax); kept logits stay unchanged."
 
@@ -93,3 +93,42 @@ def check_bigram_counts(fn, *, quiet: bool = False) -> CheckReport:
         Case(args=([1, 1, 1, 1], 4), label="a repeated token", hint=hint),
     ]
     return check_function(fn, reference=bigram_counts, cases=cases, exercise="ex-07-bigram-counts", quiet=quiet)
+
+
+def _min_p_reference(logits, p_min):
+    # min-p sampling (Nguyen et al., 2024): keep the tokens whose probability is at least
+    # p_min times the most likely token's; the threshold scales with the model's confidence.
+    probs = torch.softmax(logits, dim=-1)
+    keep = probs >= p_min * probs.amax(dim=-1, keepdim=True)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def check_min_p(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-07-min-p: ``fn(logits (..., V), p_min) -> (..., V)``: keep the logits of the tokens whose
+    probability is >= ``p_min`` x the largest probability of the row, the others -inf (a sampling
+    filter the chapter does not build)."""
+    g = torch.Generator().manual_seed(7)
+    hint = ("Convert to probabilities (softmax), compare each with p_min * the row's maximum probability, "
+            "and set the logits of the others to -inf (keep the kept logits unchanged).")
+    cases = [
+        Case(args=(torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05])), 0.5), label="p_min 0.5: keeps 0.5 and 0.3",
+             hint=hint),
+        Case(args=(torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05])), 0.3), label="p_min 0.3: threshold 0.15 is kept",
+             hint="The comparison is >=: a probability equal to the threshold stays."),
+        Case(args=(torch.randn(3, 10, generator=g) * 3, 0.1), label="a batch of 3 rows, each its own threshold",
+             hint="The threshold is per row: amax(dim=-1, keepdim=True)."),
+        Case(args=(torch.randn(2, 6, generator=g) + 100.0, 0.2), label="logits around 100 (exp overflows)",
+             hint="Use torch.softmax (or compare logits: log p - log p_max >= log p_min), never exp(logits)."),
+    ]
+    mistakes = [
+        (lambda x, p: x.masked_fill(torch.softmax(x, -1) < p, float("-inf")),
+         "The threshold is relative: p_min times the row's largest probability, not p_min itself."),
+        (lambda x, p: x.masked_fill(x < p * x.amax(-1, keepdim=True), float("-inf")),
+         "Compare probabilities, not logits: softmax first (logits can be negative, and scaling a logit "
+         "is not scaling a probability)."),
+        (lambda x, p: torch.softmax(x, -1).masked_fill(
+            torch.softmax(x, -1) < p * torch.softmax(x, -1).amax(-1, keepdim=True), 0.0),
+         "Return filtered logits (the others -inf), not probabilities."),
+    ]
+    return check_function(fn, reference=_min_p_reference, cases=cases, exercise="ex-07-min-p", quiet=quiet,
+                          mistakes=mistakes)
