@@ -551,8 +551,14 @@ def test_grade_a_class_in_parallel(tmp_path, capsys):
         "wrong.ipynb": ["failed", "passed"],
     }
     rows = {row["learner"]: row for row in table["learners"]}
-    assert rows["looping.ipynb"]["problem"].startswith("stopped at the time limit (40 s) in cell ")
+    loop_cell = next(i for i, c in enumerate(json.loads((folder / "looping.ipynb").read_text())["cells"])
+                     if "while True" in classroom._source(c))
+    assert rows["looping.ipynb"]["problem"] == \
+        f"stopped at the time limit (40 s) while running cell {loop_cell} (counted from 0)"
+    exit_cell = next(i for i, c in enumerate(json.loads((folder / "crash_kernel.ipynb").read_text())["cells"])
+                     if "os._exit" in classroom._source(c))
     assert rows["crash_kernel.ipynb"]["problem"].startswith("the kernel died")
+    assert rows["crash_kernel.ipynb"]["problem"].endswith(f"while running cell {exit_cell} (counted from 0)")
     assert "not a readable notebook" in rows["broken.ipynb"]["problem"]
     assert rows["crash_import.ipynb"]["results"]["ex-99-softmax-t"]["detail"] == \
         "NameError: name 'check_softmax_t' is not defined"

@@ -31,12 +31,26 @@ The **student edition** keeps everything except the solutions:
   becomes ``exercise``;
 - the solution-start / solution-end cells and the markdown between them are removed;
 - the statements and the ``check`` cells stay, so that each check reports "not done yet";
+- sentences about the website's solution toggles ("Each exercise has a solution hidden under a
+  toggle and a check cell", "Click to show") are rewritten or dropped (:func:`student_wording`):
+  in Jupyter and Colab there is no toggle, the solutions are gone;
+- a closing "Where you stand" cell runs ``transformer_book.exercises.core.summary([...])`` on
+  the notebook's auto-checked exercises: which pass, fail, are not done, or were not run yet;
 - all outputs are cleared, and the Colab badge points at the student copy when
   ``--colab-base`` says where the copies will live (a GitHub folder such as
   ``https://github.com/ORG/REPO/blob/main/student`` or a Colab URL prefix); without it, the
   badge is replaced by a line saying how to open the notebook (an uploaded copy has no address).
 
 The **solutions edition** is the chapters as they are, outputs cleared.
+
+**Grading** (``grade``) takes learners' notebooks, files or folders of them, and runs them
+``--jobs`` at a time (default min(4, CPUs)), each in its own process and kernel with a limit of
+``--timeout`` seconds for the whole notebook: at the limit its kernel is killed, the exercises
+checked by then keep their verdicts and the rest read "error", so one looping, crashing or
+kernel-killing notebook cannot stop the others. Only the verdict that an exercise's own check
+cell prints counts. ``--out table.csv`` / ``--out table.json`` write one table, learner file x
+exercise -> passed / failed / not done / error (+ a short detail; also "no verdict", "not
+checked" for exercises graded by hand, "missing" for a deleted statement).
 
 A malformed notebook (a solution cell without a function, a solution-start without an end, a
 solution that does not parse, ...) is refused with a message naming the notebook and the cell.
@@ -644,10 +658,15 @@ def _execute_graded(nb: dict, *, cwd: Path, timeout: int, kernel_name: str) -> t
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     node = _to_node(nb)
+    running: list[int] = []  # the index of the cell sent to the kernel last
+
+    def started(cell: Any, cell_index: int, **_: Any) -> None:
+        running[:] = [cell_index]
+
     # The per-cell limit is a backstop: the watchdog below enforces the notebook's limit.
     client = NotebookClient(node, timeout=timeout + 30, kernel_name=kernel_name, allow_errors=True,
                             interrupt_on_timeout=True, iopub_timeout=60, raise_on_iopub_timeout=True,
-                            resources={"metadata": {"path": str(cwd)}})
+                            on_cell_execute=started, resources={"metadata": {"path": str(cwd)}})
     expired = threading.Event()
 
     def kill_kernel() -> None:  # at the time limit: the kernel goes, the outputs so far stay
@@ -677,12 +696,8 @@ def _execute_graded(nb: dict, *, cwd: Path, timeout: int, kernel_name: str) -> t
     finally:
         watchdog.cancel()
     executed = json.loads(json.dumps(node))
-    if problem:  # name the cell that was running: the first code cell without an execution count
-        running = next((i for i, c in enumerate(executed["cells"])
-                        if c.get("cell_type") == "code" and _source(c).strip()
-                        and c.get("execution_count") is None), None)
-        if running is not None:
-            problem += f" in cell {running}"
+    if problem and running:
+        problem += f" while running cell {running[0]} (counted from 0)"
     return executed, problem
 
 
