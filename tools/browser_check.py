@@ -114,7 +114,10 @@ FIGURES_JS = """() => Array.from(document.querySelectorAll('main .cell_output im
     const where = caption ? caption.textContent.trim().slice(0, 50)
       : (img.getAttribute('src') || '').split('/').pop().slice(0, 40);
     return problems.length ? `figure ${where}: ${problems.join(', ')}` : null;
-  }).filter(x => x)"""
+  }).filter(x => x).concat(Array.from(document.querySelectorAll('main figure'))
+  .filter(f => !f.querySelector('img, svg, table, iframe, pre, [data-tb-interactive]'))
+  .map(f => `figure ${(f.querySelector('figcaption') || f).textContent.trim().slice(0, 50)}`
+       + ': a caption with nothing to show'))"""
 
 
 def _visible(page, selector: str) -> bool:

@@ -7,6 +7,10 @@
   Book derives from ``_config.yml``; ``html_theme_options`` there would replace them.
 * Figures are numbered per chapter ("Fig. 7.2"), from the chapter's file name ``NN_topic``,
   as exercises are (``exercise_numbers``); ``{numref}`` follows.
+* Progress bars (tqdm's ipywidgets) are dropped from the pages: they are for someone waiting
+  at a live notebook, and a finished bar is a blank gap on a static page. Other widget views
+  are kept. (A cell that draws a captioned figure should not also show progress bars: the
+  caption would be given to each bar too. Train in one cell, plot in the next.)
 * The reference list is labelled author-year ("Vaswani et al. 2017"), the same style as the
   citations in the text, instead of pybtex's default "[VSP+17]".
 """
@@ -15,11 +19,13 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import json
 import os
 import re
 from collections import Counter
 from pathlib import Path
 
+from docutils import nodes
 from pybtex.plugin import register_plugin
 from pybtex.style.formatting.plain import Style as PlainStyle
 from pybtex.style.labels import BaseLabelStyle
@@ -90,6 +96,51 @@ class AuthorYearStyle(PlainStyle):
     default_label_style = "authoryear"
 
 
+_WIDGET_VIEW = re.compile(
+    r'<script type="application/vnd.jupyter.widget-view\+json">(.*?)</script>', re.DOTALL)
+
+
+def _progress_bar_ids(state: dict) -> set[str]:
+    """Model ids of tqdm's bars: an HBox holding a FloatProgress (or IntProgress)."""
+    models = state.get("state", {})
+    bars = set()
+    for model_id, model in models.items():
+        if model.get("model_name") != "HBoxModel":
+            continue
+        children = [c.removeprefix("IPY_MODEL_") for c in model.get("state", {}).get("children", [])]
+        if any(models.get(c, {}).get("model_name") in ("FloatProgressModel", "IntProgressModel")
+               for c in children):
+            bars.add(model_id)
+    return bars
+
+
+def _drop_progress_bars(app, doctree) -> None:
+    docname = app.env.docname
+    js_files = getattr(app.env, "nb_metadata", {}).get(docname, {}).get("js_files", {})
+    state_file = js_files.get("ipywidgets_state")
+    if not state_file:
+        return
+    try:
+        state = json.loads(state_file[1]["body"])
+    except (KeyError, TypeError, ValueError):
+        return
+    bars = _progress_bar_ids(state)
+    for raw in list(doctree.findall(nodes.raw)):
+        match = _WIDGET_VIEW.fullmatch(raw.astext().strip())
+        if not match:
+            continue
+        try:
+            model_id = json.loads(match.group(1)).get("model_id")
+        except ValueError:
+            continue
+        if model_id in bars:
+            target = raw
+            while (target.parent is not None and len(target.parent.children) == 1
+                   and "cell_output" not in target.parent.get("classes", [])):
+                target = target.parent
+            target.parent.remove(target)
+
+
 _CHAPTER_FILE = re.compile(r"(?:^|/)(?P<n>\d+|[A-Z]\d*)_[^/]*$")
 
 
@@ -112,4 +163,5 @@ def setup(app):
     app.add_config_value("book_theme_options", {}, "html")
     app.connect("config-inited", _footer)
     app.connect("env-get-updated", _figures_per_chapter, priority=900)
+    app.connect("doctree-read", _drop_progress_bars)
     return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1.0"}
