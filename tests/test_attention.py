@@ -130,7 +130,7 @@ def test_sdpa_bad_inputs():
         scaled_dot_product_attention(q.double(), k, v)
     with pytest.raises(ValueError, match=r"dropout_p must be a number in \[0, 1\), got 1.5"):
         scaled_dot_product_attention(q, k, v, dropout_p=1.5)
-    with pytest.raises(ValueError, match="scale must be a finite number, got nan"):
+    with pytest.raises(ValueError, match="scale must be a number > 0, got nan"):
         scaled_dot_product_attention(q, k, v, scale=float("nan"))
 
 

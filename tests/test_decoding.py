@@ -56,7 +56,8 @@ def test_wide_beam_finds_the_best_sequence(alpha):
     scored = [(length_normalized_score(sequence_log_prob(model, src, out), len(out), alpha), out) for out in outputs]
     best_score, best = max(scored)
     (ids, score), = beam_search(model, src, beam_size=16, max_len=3, alpha=alpha)[0]
-    assert ids == best and score == pytest.approx(best_score, abs=1e-9)
+    # float32 log-probabilities of 16 beams at once vs one sequence: equal up to float32 rounding
+    assert ids == best and score == pytest.approx(best_score, rel=1e-5)
     # n_best lists the hypotheses in order of score.
     top3 = beam_search(model, src, beam_size=16, max_len=3, alpha=alpha, n_best=3)[0]
     assert [h[0] for h in top3] == [o for _, o in sorted(scored, reverse=True)[:3]]

@@ -20,7 +20,8 @@ def test_seed_everything_makes_all_three_generators_repeat():
     assert draw()[0] != a[0]
 
 
-@pytest.mark.parametrize("bad", [-1, 1.5, "0", True])
-def test_seed_everything_rejects_bad_seeds(bad):
-    with pytest.raises(ValueError, match="seed must be a non-negative int"):
+@pytest.mark.parametrize("bad,error", [(-1, ValueError), (2**70, ValueError), (1.5, TypeError),
+                                       ("0", TypeError), (True, TypeError)])
+def test_seed_everything_rejects_bad_seeds(bad, error):
+    with pytest.raises(error, match=r"seed must be an int in \[0, 9223372036854775807\]"):
         seed_everything(bad)

@@ -20,10 +20,12 @@ def seed_everything(seed: int = 0) -> None:
     Every chapter calls this in its first code cell. Functions that sample also take a
     ``torch.Generator`` so that a single call can be reproduced on its own.
     """
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     import numpy as np
     import torch
+
+    from transformer_book import _checks
+
+    seed = _checks.integer("seed", seed, 0, 2**63 - 1)  # what torch.manual_seed takes
 
     random.seed(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)

@@ -49,12 +49,13 @@ def _is_number(value: object) -> bool:
 
 
 def _range_text(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    low, high = (v if v is None or isinstance(v, int) else f"{v:g}" for v in (low, high))  # ints as they are
     if low is not None and high is not None:
-        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     if low is not None:
-        return f"{'>' if low_open else '>='} {low:g}"
+        return f"{'>' if low_open else '>='} {low}"
     if high is not None:
-        return f"{'<' if high_open else '<='} {high:g}"
+        return f"{'<' if high_open else '<='} {high}"
     return "finite"
 
 

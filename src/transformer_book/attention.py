@@ -65,12 +65,12 @@ def scaled_dot_product_attention(
     * returns ``output`` ``(B, H, T_q, D_v)`` and ``weights`` ``(B, H, T_q, T_k)`` (each row sums
       to 1, or is all zero when the mask and bias leave the row nothing to attend to).
 
-    ``scale`` defaults to ``1 / sqrt(D)``. ``dropout_p`` drops attention weights (during
+    ``scale`` (a number > 0) defaults to ``1 / sqrt(D)``. ``dropout_p`` drops attention weights (during
     training); the returned ``weights`` are the probabilities *before* dropout. A NaN in the
     inputs gives NaN in the rows it reaches (it is reported, never mistaken for a masked row).
     """
     _check_qkv(q, k, v)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else _checks.number("scale", scale)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else _checks.number("scale", scale, 0.0, low_open=True)
     dropout_p = _checks.dropout("dropout_p", dropout_p)
     scores_shape = (*q.shape[:-1], k.shape[-2])
     bias = None if bias is None else _check_bias(bias, scores_shape)
@@ -448,6 +448,7 @@ def attention_param_count(d_model: int, n_heads: int, n_kv_heads: int | None = N
     Independent of the sequence length.
     """
     n_kv_heads = _check_head_counts(d_model, n_heads, n_kv_heads)
+    bias = _checks.boolean("bias", bias)
     kv_dim = n_kv_heads * (d_model // n_heads)
     weights = 2 * d_model * d_model + 2 * d_model * kv_dim
     biases = (2 * d_model + 2 * kv_dim) if bias else 0

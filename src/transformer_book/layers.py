@@ -179,13 +179,15 @@ class _Residual(nn.Module):
         return self.norm(x + self.dropout(out)), extra
 
 
-def _check_layer_args(d_model, n_heads, d_ff, dropout, norm, norm_first) -> None:
+def _check_layer_args(d_model, n_heads, d_ff, dropout, norm, norm_first, norm_eps) -> None:
     d_model, n_heads = _checks.positive_int("d_model", d_model), _checks.positive_int("n_heads", n_heads)
     _checks.divides("n_heads", n_heads, "d_model", d_model, "each head gets d_model / n_heads channels")
     _checks.positive_int("d_ff", d_ff)
     _checks.dropout("dropout", dropout)
     _checks.one_of("norm kind", norm, NORMS)
     _checks.boolean("norm_first", norm_first)
+    if norm_eps is not None:
+        _checks.number("norm_eps", norm_eps, 0.0, low_open=True)
 
 
 class EncoderLayer(nn.Module):
@@ -203,7 +205,7 @@ class EncoderLayer(nn.Module):
                  norm_first: bool = False, norm: str = "layernorm", bias: bool = True,
                  norm_eps: float | None = None) -> None:
         super().__init__()
-        _check_layer_args(d_model, n_heads, d_ff, dropout, norm, norm_first)
+        _check_layer_args(d_model, n_heads, d_ff, dropout, norm, norm_first, norm_eps)
         self.d_model, self.norm_first = d_model, norm_first
         self.self_attn = MultiHeadAttention(d_model, n_heads, bias=bias, dropout=dropout, backend="torch")
         self.ff = FeedForward(d_model, d_ff, activation=activation, dropout=dropout, bias=bias)
@@ -243,7 +245,7 @@ class DecoderLayer(nn.Module):
                  norm_first: bool = False, norm: str = "layernorm", bias: bool = True,
                  norm_eps: float | None = None) -> None:
         super().__init__()
-        _check_layer_args(d_model, n_heads, d_ff, dropout, norm, norm_first)
+        _check_layer_args(d_model, n_heads, d_ff, dropout, norm, norm_first, norm_eps)
         self.d_model, self.norm_first = d_model, norm_first
         self.self_attn = MultiHeadAttention(d_model, n_heads, bias=bias, dropout=dropout, backend="torch")
         self.cross_attn = MultiHeadAttention(d_model, n_heads, bias=bias, dropout=dropout, backend="torch")
@@ -275,6 +277,7 @@ class DecoderLayer(nn.Module):
         """
         _check_stream("x", x, self.d_model)
         _check_stream("memory", memory, self.d_model)
+        _checks.same_dtype(memory=memory, x=x)
         if memory.dim() != 3 or x.dim() != 3 or memory.shape[0] != x.shape[0]:
             raise ValueError(f"x (B, T, C) and memory (B, S, C) must be 3-D with the same batch size, got "
                              f"x {tuple(x.shape)} and memory {tuple(memory.shape)}")

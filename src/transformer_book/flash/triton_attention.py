@@ -270,6 +270,6 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
         ``O`` of shape ``(B, H, N_q, D)`` in the input dtype (a new contiguous tensor).
         Gradients flow to q, k and v through the FlashAttention-2 backward kernels.
     """
-    _check_inputs(q, k, v, causal, config)
-    resolve_scale(scale, q.shape[-1])
+    resolve_scale(scale, q.shape[-1] if isinstance(q, torch.Tensor) and q.dim() else 1)  # the arguments first,
+    _check_inputs(q, k, v, causal, config)  # then whether this machine can run the kernel
     return _FlashAttentionFunction.apply(q, k, v, causal, scale, config)

@@ -273,9 +273,11 @@ class GPT(nn.Module):
                          tuple(attentions) if need_weights else None)
 
     @torch.inference_mode()
-    def decode_step(self, idx: Tensor, cache, *, check: bool = True) -> Tensor:
+    def decode_step(self, idx: Tensor, cache, *, check: bool = True, last_only: bool = True) -> Tensor:
         """Inference fast path: feed ``idx`` ``(B, T)`` after the ``cache``'s positions and return the
-        next-token logits of the *last* position only, ``(B, vocab_size)``.
+        next-token logits of the *last* position only, ``(B, vocab_size)``; with
+        ``last_only=False``, those of every new position, ``(B, T, vocab_size)`` (what a
+        verification pass of speculative decoding needs, chapter 10).
 
         The numbers of ``forward(idx, cache=cache).logits[:, -1]`` (in eval mode), computed with
         fewer, larger calls: q/k/v in one product, every matrix stored the way a product with one
@@ -289,6 +291,7 @@ class GPT(nn.Module):
         """
         if check:
             self._check_forward(idx, None, cache, None, False, False)
+            _checks.boolean("last_only", last_only)
             if not callable(getattr(cache, "positions", None)):
                 raise TypeError(f"decode_step needs a cache with positions(n_new) (a KVCache), got "
                                 f"{_checks.describe(cache)}")
@@ -298,7 +301,8 @@ class GPT(nn.Module):
         for block in self.h:
             x = block.decode(x, mask, cache)
         cache.advance(t)
-        return affine(_layer_norm(self.ln_f, x[:, -1]), *packed_weight(self.lm_head))  # (B, V): tied head
+        x = x[:, -1] if last_only else x  # (B, C), or (B, T, C) for every new position
+        return affine(_layer_norm(self.ln_f, x), *packed_weight(self.lm_head))  # (B, [T,] V): tied head
 
     def _check_forward(self, idx, targets, cache, past_key_values, use_cache, need_weights) -> None:
         c = self.config
@@ -321,7 +325,7 @@ class GPT(nn.Module):
                                  f"model has n_layer={c.n_layer}, n_kv_head={c.kv_heads}")
         if past_len + t > c.block_size:
             where = f"T={t}" + (f" new tokens after {past_len} cached ones" if past_len else "")
-            raise ValueError(f"sequence too long: {where} exceeds the context window block_size="
+            raise ValueError(f"idx is too long: {where} exceeds the context window block_size="
                              f"{c.block_size}; crop it to the last {c.block_size} tokens")
         if targets is not None:
             _checks.tensor("targets", targets, 2, layout="(B, T)")
