@@ -55,7 +55,7 @@ from .provenance import collect_provenance
 
 __all__ = [
     "SCHEMA", "DEFAULT_OUT", "TARGETS", "DecodeSettings", "NoGPUError", "gpt2_pair",
-    "measure_bandwidth", "bytes_per_token", "interleaved", "median_ratio", "CUDAGraphDecoder",
+    "measure_bandwidth", "bytes_per_token", "bound_pairs", "interleaved", "median_ratio", "CUDAGraphDecoder",
     "run_cpu_benchmark", "run_cuda_benchmark", "validate_record", "write_record", "load_record",
     "summary", "add_parser", "run",
 ]
@@ -190,15 +190,27 @@ def _hf_generate(hf, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
         return hf.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=config)
 
 
-def _decode_times(model: GPT, prompt: torch.Tensor, new_tokens: int) -> float:
-    """Seconds per decoded token after the prompt (greedy, the book's fast path)."""
-    cache = model.new_cache(prompt.shape[0], prompt.shape[1] + new_tokens)
-    logits = model.decode_step(prompt, cache)
-    token = logits.argmax(-1, keepdim=True)
-    t = time.perf_counter()
-    for _ in range(new_tokens - 1):
-        token = model.decode_step(token, cache, check=False).argmax(-1, keepdim=True)
-    return (time.perf_counter() - t) / max(new_tokens - 1, 1)
+def bound_pairs(model: GPT, prompt: torch.Tensor, new_tokens: int, repeats: int) -> tuple[list, list]:
+    """``(read, step)``: seconds to read (sum) as many bytes as one decoding step reads, and
+    seconds of that step, in pairs taken back to back, for ``new_tokens - 1`` greedy steps after
+    ``prompt``, ``repeats`` times. ``read[i] / step[i]`` is the fraction of the bandwidth
+    ceiling that step ``i`` reached; pairing keeps a neighbour's load on both sides alike."""
+    per_token = bytes_per_token(model, prompt.shape[1] + new_tokens // 2, prompt.shape[0])
+    block = torch.ones(per_token // 4)  # float32: as many bytes as a step reads
+    block.sum()
+    read, step = [], []
+    for r in range(repeats):
+        cache = model.new_cache(prompt.shape[0], prompt.shape[1] + new_tokens)
+        token = model.decode_step(prompt, cache).argmax(-1, keepdim=True)
+        for i in range(new_tokens - 1):
+            for what in (("read", "step") if (r + i) % 2 else ("step", "read")):
+                t = time.perf_counter()
+                if what == "read":
+                    block.sum()
+                else:
+                    token = model.decode_step(token, cache, check=False).argmax(-1, keepdim=True)
+                (read if what == "read" else step).append(time.perf_counter() - t)
+    return read, step
 
 
 def _target(name: str, value, extra: dict | None = None) -> dict:
@@ -250,20 +262,17 @@ def _run_cpu(s: DecodeSettings, progress) -> dict:
                          "hf_tokens_per_s": s.new_tokens / statistics.median(times["hf"]), "ratio": ratio}
     targets["batch1_vs_hf"] = _target("batch1_vs_hf", ratio if equal else 0.0, {"tokens_equal": equal})
 
-    progress("the bandwidth bound: bandwidth and decoding in the same repetitions (float32, bfloat16) ...")
+    progress("the bandwidth bound: a read of the same bytes next to every decoding step (float32, bfloat16) ...")
     ours_bf16 = GPT.from_hf_gpt2(hf).to(torch.bfloat16)
     bound = {}
     for name, model in (("float32", ours), ("bfloat16", ours_bf16)):
         per_token = bytes_per_token(model, s.prompt_len + s.new_tokens // 2)
-        bw, step = [], []
-        for _ in range(s.repeats):
-            bw.append(measure_bandwidth(s.bandwidth_mib, 3))
-            step.append(_decode_times(model, prompt, s.new_tokens))
-        fractions = [per_token / (b * t) for b, t in zip(bw, step)]  # (1 / t) / (b / bytes)
-        bound[name] = {"bytes_per_token": per_token, "bandwidth_bytes_per_s": bw, "seconds_per_token": step,
+        read, step = bound_pairs(model, prompt, s.new_tokens, s.repeats)
+        bound[name] = {"bytes_per_token": per_token, "read_seconds": read, "step_seconds": step,
+                       "bandwidth_bytes_per_s": per_token / statistics.median(read),
                        "tokens_per_s": 1 / statistics.median(step),
-                       "ceiling_tokens_per_s": statistics.median(bw) / per_token,
-                       "fraction_of_ceiling": statistics.median(fractions)}
+                       "ceiling_tokens_per_s": 1 / statistics.median(read),
+                       "fraction_of_ceiling": median_ratio(read, step)}
     del ours_bf16
     results["bound"] = bound
     targets["bandwidth_fraction"] = _target("bandwidth_fraction", bound["float32"]["fraction_of_ceiling"])
