@@ -536,3 +536,29 @@ def test_models_are_put_back_in_their_mode(pair):
         assert target.training and not draft.training
     finally:
         target.eval()
+
+
+# ---------------------------------------------------------------- the fast path the loop uses
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_decode_step_all_positions_equal_forward_with_a_cache(dtype):
+    model = _gpt(7, dtype=dtype)
+    seq = torch.randint(0, 40, (2, 13), generator=torch.Generator().manual_seed(3))
+    fast, slow = model.new_cache(2, 13), model.new_cache(2, 13)
+    for start, end in ((0, 6), (6, 7), (7, 11), (11, 13)):  # a prefill, a step, verification passes
+        got = model.decode_step(seq[:, start:end], fast, last_only=False)  # (B, T, V)
+        want = model(seq[:, start:end], cache=slow).logits
+        assert got.shape == want.shape == (2, end - start, 40)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.decode_step(seq[:, start:end], model.new_cache(2, 13).crop(0), check=True)
+                                   if start == 0 else got[:, -1], want[:, -1], atol=1e-5, rtol=0)
+    assert fast.length == slow.length == 13
+    with pytest.raises(TypeError, match="last_only"):
+        model.decode_step(seq[:, :2], model.new_cache(2, 4), last_only="no")
+
+
+def test_stats_time_every_pass(pair):
+    target, draft = pair
+    for batch in (1, 3):
+        _, stats = speculative_generate(target, draft, torch.ones(batch, 3, dtype=torch.long), 12, k=3)
+        assert len(stats.draft_seconds) == len(stats.target_seconds) > 0
+        assert all(s >= 0 for s in stats.draft_seconds + stats.target_seconds)

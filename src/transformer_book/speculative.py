@@ -272,7 +272,7 @@ class _ModelDraft:
         x = out[:, self.cache.length:]  # what the draft has not seen yet (at least the last token)
         tokens, dists = [], []
         for i in range(k):
-            logits = self.model(x, cache=self.cache).logits[:, -1].float()  # (B, V)
+            logits = _step(self.model, x, self.cache).float()  # (B, V)
             if temperature == 0:  # greedy: the argmax; the acceptance rule needs no q
                 x = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
             else:
@@ -338,7 +338,10 @@ class SpeculativeStats:
       with a batch, one pass serves every row of the same length);
     * ``drafted``, ``accepted``: proposals made and proposals kept, summed over rows and passes;
     * ``drafted_lengths``, ``accepted_lengths``: the same for each pass of each row;
-    * ``new_tokens``: tokens generated per row.
+    * ``new_tokens``: tokens generated per row;
+    * ``draft_seconds``, ``target_seconds``: wall-clock seconds of each pass's drafting and of its
+      target pass with the acceptance rule (the first target pass also prefills the prompt). They
+      are host clocks: on a GPU, work still queued is counted where the host waits for it.
     """
 
     target_passes: int = 0
@@ -347,6 +350,8 @@ class SpeculativeStats:
     new_tokens: int = 0
     drafted_lengths: list[int] = field(default_factory=list)
     accepted_lengths: list[int] = field(default_factory=list)
+    draft_seconds: list[float] = field(default_factory=list)
+    target_seconds: list[float] = field(default_factory=list)
 
     @property
     def tokens_per_pass(self) -> float:
@@ -432,7 +437,9 @@ def speculative_generate(
             raise ValueError(f"the prompt ({idx.shape[1]} tokens) plus max_new_tokens={max_new_tokens} is {total} "
                              f"tokens, more than the {name}'s context window block_size={window}")
 
-    models = [target] + ([draft] if model_draft else [])
+    # decode_step has no dropout whatever the mode (and generate's fast loop leaves the mode
+    # alone too); only a model run through its forward is put in eval mode for the loop.
+    models = [m for m in [target] + ([draft] if model_draft else []) if not hasattr(m, "decode_step")]
     modes = [m.training for m in models]
     for m in models:
         m.eval()
@@ -453,6 +460,8 @@ def _speculative_loop(target, draft, idx, max_new_tokens, k, settings, generator
     """
     b, total = idx.shape[0], idx.shape[1] + max_new_tokens
     stats = SpeculativeStats(new_tokens=max_new_tokens)
+    if b == 1:
+        return _one_sequence(target, draft, idx, total, k, settings, generator, model_draft, stats)
     rows = torch.arange(b, device=idx.device)
     if model_draft:
         drafter = _ModelDraft(draft, b, max(total, 1), settings)
@@ -475,26 +484,126 @@ def _speculative_loop(target, draft, idx, max_new_tokens, k, settings, generator
     return out, stats
 
 
+def _step(model: nn.Module, x: Tensor, cache: KVCache, last_only: bool = True) -> Tensor:
+    """One cached pass of ``model`` over ``x`` ``(B, T)``: the logits of the last position ``(B, V)``,
+    or of every position ``(B, T, V)``. A GPT takes chapter 8's fast path (``decode_step``,
+    unchecked: :func:`speculative_generate` checked everything at its door); any other model
+    with ``forward(idx, cache=...)`` its forward."""
+    if hasattr(model, "decode_step"):
+        return model.decode_step(x, cache, check=False, last_only=last_only)
+    logits = model(x, cache=cache).logits
+    return logits[:, -1] if last_only else logits
+
+
+def _one_sequence(target, draft, idx, total, k, settings, generator, model_draft, stats):
+    """One row (batch 1), as lean as ``generate``'s own loop: proposals are written straight into
+    the preallocated output, where the accepted ones stay and the rejected ones are overwritten
+    by the next pass; one host synchronisation per pass (the accepted length), none per
+    drafted token when decoding greedily.
+
+    The invariant at the top of every pass: ``out[:, :n]`` is final; the target's cache holds
+    positions ``0 .. n - 2`` (the last token ``out[:, n - 1]`` is fed by the pass), the draft's
+    at most those (it may lag behind by the tokens it has not seen yet).
+    """
+    t = idx.shape[1]
+    greedy = settings[0] == 0
+    out = idx.new_empty((1, total))
+    out[:, :t] = idx
+    cache = KVCache.for_model(target, 1, total)
+    draft_cache = KVCache.for_model(draft, 1, total) if model_draft else None
+    n = t
+    while n < total:
+        started = time.perf_counter()
+        k_now = min(k, total - n - 1)  # a pass adds at most k_now + 1 tokens
+        # 1. The draft writes its proposals into out[:, n : n + width].
+        q = None  # greedy needs no q
+        if k_now == 0:
+            width = 0
+        elif model_draft:
+            x, qs = out[:, draft_cache.length: n], []  # what the draft has not seen (at least the last token)
+            for i in range(k_now):
+                logits = _step(draft, x, draft_cache)  # (1, V)
+                if greedy:
+                    x = logits.argmax(dim=-1, keepdim=True)  # (1, 1), stays a tensor: no sync
+                else:
+                    qs.append(next_token_probs(logits.float(), *settings))  # (1, V) filtered as generate filters
+                    x = _multinomial(qs[-1], generator)[:, None]
+                out[:, n + i: n + i + 1] = x
+            width = k_now
+            q = None if greedy else torch.stack(qs, dim=1)  # (1, k, V)
+        else:
+            proposal = _lookup_proposal(draft, out[:, :n], k_now, target.config.vocab_size)
+            width = len(proposal)
+            out[0, n: n + width] = torch.tensor(proposal, dtype=out.dtype, device=out.device)
+            if not greedy:  # a deterministic proposal: q is one-hot on it
+                q = torch.zeros(1, width, target.config.vocab_size, device=out.device)
+                q[0, torch.arange(width), out[0, n: n + width]] = 1.0
+        drafted = time.perf_counter()
+        # 2. One target pass over what its cache lacks (the last token; the whole prompt on the
+        # first pass) and the proposals; its last width + 1 positions give p_1 .. p_{width+1}.
+        logits = _step(target, out[:, cache.length: n + width], cache, last_only=False)
+        logits = logits[:, -(width + 1):].float()  # (1, width + 1, V)
+        proposal = out[:, n: n + width]  # (1, width)
+        # 3. Accept, and write the target's own token after the accepted ones.
+        if greedy:
+            choice = logits[0].argmax(dim=-1)  # (width + 1,) the target's greedy tokens
+            accepted = int((proposal[0] == choice[:width]).long().cumprod(dim=0).sum())  # the pass's one sync
+            nxt = choice[accepted]
+        else:
+            if q is None:
+                q = logits.new_zeros((1, 0, logits.shape[-1]))
+            n_drafted = torch.full((1,), width, dtype=torch.long, device=out.device)
+            n_accepted, nxt = verify_draft(next_token_probs(logits, *settings), q, proposal, n_drafted, generator)
+            accepted, nxt = int(n_accepted[0]), nxt[0]
+        out[0, n + accepted] = nxt
+        n += accepted + 1
+        stats.draft_seconds.append(drafted - started)
+        stats.target_seconds.append(time.perf_counter() - drafted)
+        stats.target_passes += 1
+        stats.drafted += width
+        stats.accepted += accepted
+        stats.drafted_lengths.append(width)
+        stats.accepted_lengths.append(accepted)
+        # 4. Roll both caches back to the accepted tokens: all but the last, which the next pass feeds.
+        cache.crop(n - 1)
+        if model_draft:
+            draft_cache.crop(min(draft_cache.length, n - 1))
+    return out, stats
+
+
+def _lookup_proposal(draft, tokens: Tensor, k: int, vocab_size: int) -> list[int]:
+    """The real proposals (``-1`` padding dropped) of a prompt-lookup or custom draft for one row."""
+    if isinstance(draft, PromptLookupDraft):
+        return draft._lookup(tokens[0], k)  # ours: ids from the context, no checks needed
+    proposal, _ = _LookupDraft(draft, vocab_size, (0.0, None, None)).propose(tokens, k, None)  # checked
+    found = proposal[0].tolist()
+    return found[: found.index(-1)] if -1 in found else found
+
+
 def _one_pass(target, group, total, k, settings, generator, stats) -> list[_Group]:
     """Draft, verify and accept once for every row of ``group``; returns the group split by new length."""
     out, cache, drafter = group.out, group.cache, group.drafter
     b = out.shape[0]
     k_now = min(k, total - out.shape[1] - 1)  # a pass adds at most k_now + 1 tokens
+    started = time.perf_counter()
     proposal, q = out.new_zeros((b, 0)), None
     if k_now > 0:
         proposal, q = drafter.propose(out, k_now, generator)  # (B, k), (B, k, V) or None if greedy
+    drafted = time.perf_counter()
     n_drafted = (proposal >= 0).long().cumprod(dim=1).sum(dim=1)  # (B,) real proposals per row
     width = int(n_drafted.max()) if b and proposal.shape[1] else 0  # no need to score padding
     proposal = proposal[:, :width]
     # One target pass over what its cache lacks (the last token; the prompt on the first pass)
     # and the proposals: its logits at the last width + 1 positions are p_1 .. p_{k+1}.
     x = torch.cat([out[:, cache.length:], proposal.clamp(min=0)], dim=1)
-    logits = target(x, cache=cache).logits[:, -(width + 1):].float()  # (B, width + 1, V)
+    logits = _step(target, x, cache, last_only=False)[:, -(width + 1):].float()  # (B, width + 1, V)
     if settings[0] == 0:
         n_accepted, nxt = _greedy_verify(logits, proposal, n_drafted)
     else:
         q = torch.zeros(b, 0, logits.shape[-1], device=logits.device) if q is None else q[:, :width]
         n_accepted, nxt = verify_draft(next_token_probs(logits, *settings), q, proposal, n_drafted, generator)
+    stats.draft_seconds.append(drafted - started)
+    stats.target_seconds.append(time.perf_counter() - drafted)
     stats.target_passes += 1
     stats.drafted += int(n_drafted.sum())
     stats.accepted += int(n_accepted.sum())
@@ -583,10 +692,12 @@ def acceptance_rate(target: nn.Module, draft: nn.Module, tokens: Tensor, start: 
 def decode_step_seconds(model: nn.Module, idx: Tensor, n_new: int = 1, steps: int = 16) -> float:
     """Median wall-clock seconds of one cached decoding step that feeds ``n_new`` tokens after ``idx``.
 
-    ``idx`` ``(B, T)`` is prefilled into a fresh cache; each timed step feeds ``n_new`` tokens and
-    picks the argmax of the last position (what a decoding loop does), then the cache is cropped
-    back, so every step sees the same context length. ``n_new = 1`` is one decoding step;
-    ``n_new = k + 1`` is one verification pass.
+    ``idx`` ``(B, T)`` is prefilled into a fresh cache; each timed step feeds ``n_new`` tokens
+    through the path the decoding loops use (a GPT's ``decode_step``, else its forward) and
+    picks the argmax (what a decoding loop does: of the last position for ``n_new = 1``, of
+    every position for a verification pass), then the cache is cropped back, so every step
+    sees the same context length. ``n_new = 1`` is one decoding step; ``n_new = k + 1`` is one
+    verification pass.
     """
     _checks.instance("model", model, nn.Module, "torch.nn.Module (a GPT)")
     idx = _checks.token_ids("idx", idx, model.config.vocab_size)
@@ -598,12 +709,12 @@ def decode_step_seconds(model: nn.Module, idx: Tensor, n_new: int = 1, steps: in
     model.eval()
     try:
         cache = KVCache.for_model(model, idx.shape[0], idx.shape[1] + n_new)
-        model(idx, cache=cache)
+        _step(model, idx, cache)
         step = idx[:, -n_new:] if idx.shape[1] >= n_new else idx[:, :1].repeat(1, n_new)
         times = []
         for _ in range(steps):
             t0 = time.perf_counter()
-            model(step, cache=cache).logits[:, -1].argmax(-1).tolist()
+            _step(model, step, cache, last_only=n_new == 1).argmax(-1).tolist()
             times.append(time.perf_counter() - t0)
             cache.crop(idx.shape[1])
         return sorted(times)[len(times) // 2]
