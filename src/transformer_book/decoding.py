@@ -187,6 +187,7 @@ def beam_search(model: nn.Module, src: Tensor, beam_size: int = 4, max_len: int 
     return _beam(model, src, beam_size, max_len, alpha, n_best)
 
 
+@torch.no_grad()  # translate_batch calls it too: no graph, and float() of a score warns nothing
 def _beam(model: nn.Module, src: Tensor, beam_size: int, max_len: int, alpha: float,
           n_best: int) -> list[list[tuple[list[int], float]]]:
     c = model.config
