@@ -7,17 +7,11 @@ import torch
 from transformer_book.data.numbers import GERMAN_MORPHEMES
 from transformer_book.exercises import ch01
 
+from exercise_helpers import first_failure as _first_failure, run as _run
+
 torch.set_num_threads(1)
 
 CHECKERS = (ch01.check_additive_score, ch01.check_dot_attention_weights, ch01.check_split_german)
-
-
-def _run(checker, fn):
-    return checker(fn, quiet=True)
-
-
-def _first_failure(report):
-    return next(c for c in report.cases if not c.passed)
 
 
 def test_not_done_is_reported():

@@ -8,11 +8,9 @@ import torch
 
 from transformer_book.exercises.ch03 import check_alibi_slopes, check_rope, check_sinusoidal
 
+from exercise_helpers import first_failure as _first_failure
+
 torch.set_num_threads(1)
-
-
-def _first_failure(report):
-    return next(c for c in report.cases if not c.passed)
 
 
 # ---------------------------------------------------------------------------------- sinusoidal

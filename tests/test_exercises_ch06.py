@@ -7,15 +7,9 @@ import torch.nn.functional as F
 
 from transformer_book.exercises import ch06
 
+from exercise_helpers import first_failure as _first_failure, run as _run
+
 torch.set_num_threads(1)
-
-
-def _run(checker, fn):
-    return checker(fn, quiet=True)
-
-
-def _first_failure(report):
-    return next(c for c in report.cases if not c.passed)
 
 
 def test_not_done_is_reported():
