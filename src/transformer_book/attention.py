@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transformer_book import _checks
-from transformer_book.masks import check_mask
+from transformer_book.masks import causal_mask, check_mask
 
 __all__ = [
     "scaled_dot_product_attention",
@@ -343,7 +343,7 @@ class MultiHeadAttention(nn.Module):
                                                  is_causal=is_causal and mask is None, enable_gqa=n_rep > 1)
             return self.out_proj(_merge_heads(out)), None
         if is_causal and mask is None:
-            mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+            mask = causal_mask(q.shape[2], device=q.device)  # (T, T): is_causal means T_q == T_k
         k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)  # (B, H, T_k, D)
         out, weights = _attention(q, k, v, mask, bias, 1.0 / math.sqrt(self.head_dim), dropout_p)
         return self.out_proj(_merge_heads(out)), (weights if need_weights else None)
