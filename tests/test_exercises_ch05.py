@@ -16,7 +16,7 @@ def test_not_done_is_reported():
         raise NotImplementedError("Exercise ex-05-...: write it")
 
     for checker in (ch05.check_causal_mask, ch05.check_padding_mask, ch05.check_prefix_lm_mask,
-                    ch05.check_masked_softmax):
+                    ch05.check_masked_softmax, ch05.check_causal_mask_rect, ch05.check_document_mask):
         report = _run(checker, stub)
         assert report.not_done, checker.__name__
 
@@ -24,10 +24,13 @@ def test_not_done_is_reported():
 # ---------------------------------------------------------------- causal
 def test_causal_right_and_wrong():
     assert _run(ch05.check_causal_mask, lambda n: torch.ones(n, n, dtype=torch.bool).tril()).passed
-    transposed = _run(ch05.check_causal_mask, lambda n: torch.ones(n, n, dtype=torch.bool).triu())
-    assert not transposed.passed and "lower triangle" in _first_failure(transposed).hint
-    no_diagonal = _run(ch05.check_causal_mask, lambda n: torch.ones(n, n, dtype=torch.bool).tril(-1))
-    assert not no_diagonal.passed
+    for wrong, named in [
+        (lambda n: torch.ones(n, n, dtype=torch.bool).triu(), "upper triangle"),
+        (lambda n: torch.ones(n, n, dtype=torch.bool).tril(-1), "The diagonal is missing"),
+        (lambda n: torch.ones(n, n, dtype=torch.bool).triu(1), "True means *may attend*"),
+    ]:
+        report = _run(ch05.check_causal_mask, wrong)
+        assert not report.passed and named in _first_failure(report).hint, (named, report.text())
     as_float = _run(ch05.check_causal_mask, lambda n: torch.ones(n, n).tril())
     assert not as_float.passed and "dtype" in _first_failure(as_float).reason
 
@@ -37,12 +40,15 @@ def test_padding_right_and_wrong():
     assert _run(ch05.check_padding_mask, lambda t, p: (t != p)[:, None, None, :]).passed
     flat = _run(ch05.check_padding_mask, lambda t, p: t != p)
     assert not flat.passed and "shape" in _first_failure(flat).reason
-    inverted = _run(ch05.check_padding_mask, lambda t, p: (t == p)[:, None, None, :])
-    assert not inverted.passed
+    for wrong, named in [
+        (lambda t, p: (t == p)[:, None, None, :], "True at the padding"),
+        (lambda t, p: (t != 0)[:, None, None, :], "not with 0"),
+        (lambda t, p: (t != p)[:, None, :, None], "the last axis, (B, 1, 1, T)"),
+    ]:
+        report = _run(ch05.check_padding_mask, wrong)
+        assert not report.passed and named in _first_failure(report).hint, (named, report.text())
     zero_only = _run(ch05.check_padding_mask, lambda t, p: (t != 0)[:, None, None, :])
-    assert not zero_only.passed and _first_failure(zero_only).label.startswith("pad_id=9")
-    wrong_axis = _run(ch05.check_padding_mask, lambda t, p: (t != p)[:, None, :, None])
-    assert not wrong_axis.passed
+    assert _first_failure(zero_only).label.startswith("pad_id=9")
 
 
 # ---------------------------------------------------------------- prefix LM
@@ -66,10 +72,14 @@ def test_prefix_right_and_wrong():
         t, s = torch.arange(n)[:, None], torch.arange(n)[None, :]
         return (t < p) | (s <= t)
 
-    for wrong in (and_instead_of_or, off_by_one, prefix_rows_only):
+    def causal_only(n, p):
+        return torch.ones(n, n, dtype=torch.bool).tril()
+
+    for wrong, named in [(and_instead_of_or, "AND instead of OR"), (off_by_one, "s < p, not s <= p"),
+                         (prefix_rows_only, "prefix *queries*"), (causal_only, "the prefix is missing")]:
         report = _run(ch05.check_prefix_lm_mask, wrong)
         assert not report.passed, wrong.__name__
-        assert "OR" in _first_failure(report).hint
+        assert named in _first_failure(report).hint, (wrong.__name__, report.text())
 
 
 # ---------------------------------------------------------------- masked softmax
@@ -102,15 +112,18 @@ def test_masked_softmax_wrong_fail():
 
     report = _run(ch05.check_masked_softmax, nan_rows)
     assert not report.passed and _first_failure(report).label == "a row with nothing allowed"
+    assert "must give zeros and a finite gradient" in _first_failure(report).hint
     report = _run(ch05.check_masked_softmax, nan_then_fixed)
     failure = _first_failure(report)
     assert not report.passed and failure.label == "a row with nothing allowed"
     assert "output[1]" in failure.reason  # the values are right; the gradient is NaN
     report = _run(ch05.check_masked_softmax, multiply_after)
     assert not report.passed and _first_failure(report).label == "some entries masked"
+    assert "no longer sum to 1" in _first_failure(report).hint
     report = _run(ch05.check_masked_softmax, naive_exp)
     assert not report.passed and [c.label for c in report.cases if not c.passed] == [
         "large scores (overflow in a hand-made exp)"]
+    assert "exp(1000) overflows" in _first_failure(report).hint
 
 
 def test_prefix_inputs_use_the_stubs_parameter_names():
@@ -136,10 +149,40 @@ def test_masked_softmax_no_nan_inside_tells_the_technique_apart():
     assert not report.passed and failure.label == "a row with nothing allowed: no NaN anywhere inside"
     assert "SoftmaxBackward0 made NaN values in the backward pass" in failure.reason
     assert "finite scores (e.g. 0) *before* the softmax" in failure.hint
-    # the other wrong answers still fail under the strict check
-    for wrong in (lambda s, m: torch.softmax(s.masked_fill(~m, float("-inf")), -1),
-                  lambda s, m: torch.softmax(s, -1) * m):
-        assert not ch05.check_masked_softmax(wrong, no_nan_inside=True, quiet=True).passed
+    assert "hid the NaN" in failure.reason
+
+
+def _masked_softmax_strict(fn):
+    return ch05.check_masked_softmax(fn, no_nan_inside=True, quiet=True)
+
+
+def test_masked_softmax_strict_names_each_mistake():
+    def where_after(scores, mask):  # picks the zeros with torch.where: the softmax's NaN is still made
+        probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1)
+        return torch.where(mask.any(-1, keepdim=True), probs, torch.zeros_like(probs))
+
+    def additive_bias(scores, mask):  # an additive -inf mask, cleaned up afterwards
+        bias = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+        return torch.nan_to_num(torch.softmax(scores + bias, -1), nan=0.0)
+
+    def plain_fill(scores, mask):  # NaN in the result itself
+        return torch.softmax(scores.masked_fill(~mask, float("-inf")), -1)
+
+    for wrong in (_naive_nan_to_num, where_after, additive_bias, plain_fill):
+        report = _masked_softmax_strict(wrong)
+        failure = _first_failure(report)
+        assert not report.passed and failure.label == "a row with nothing allowed: no NaN anywhere inside"
+        assert "made NaN values in the backward pass" in failure.reason, (wrong.__name__, failure.reason)
+        assert "*before* the softmax" in failure.hint
+    assert "your result itself has NaN" in _first_failure(_masked_softmax_strict(plain_fill)).reason
+    report = _masked_softmax_strict(lambda s, m: torch.softmax(s, -1) * m)
+    assert not report.passed and "no longer sum to 1" in _first_failure(report).hint
+
+    def finite_fill(scores, mask):  # another right answer: a large finite negative instead of -inf
+        mask = mask.expand(scores.shape)
+        return torch.softmax(scores.masked_fill(~mask, -1e9), -1).masked_fill(~mask, 0.0)
+
+    assert _masked_softmax_strict(finite_fill).passed
 
 
 def test_causal_rect_right_and_wrong():

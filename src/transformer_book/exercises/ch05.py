@@ -31,8 +31,17 @@ def check_causal_mask(fn, *, quiet: bool = False) -> CheckReport:
     """ex-05-causal-mask: ``fn(n) -> (n, n)`` bool, True where key s <= query t."""
     hint = ("Row t is the query, column s the key: allowed when s <= t, the lower triangle with its "
             "diagonal (a query may look at itself). " + _BOOL_HINT)
-    cases = [Case(args=(n,), label=f"n={n}", hint=hint) for n in (1, 2, 5, 9)]
-    return check_function(fn, reference=causal_mask, cases=cases, exercise="ex-05-causal-mask", quiet=quiet)
+    cases = [Case(args=(n,), label=f"n={n}", hint=hint) for n in (2, 5, 9, 1)]
+    mistakes = [
+        (lambda n: torch.ones(n, n, dtype=torch.bool).tril(-1),
+         "The diagonal is missing: a query may attend to itself (s <= t, not s < t)."),
+        (lambda n: torch.ones(n, n, dtype=torch.bool).triu(),
+         "That is the upper triangle, the future: row t is the query and True marks the keys s <= t."),
+        (lambda n: torch.ones(n, n, dtype=torch.bool).triu(1),
+         "Your mask marks the forbidden keys: True means *may attend* (the past and the query itself)."),
+    ]
+    return check_function(fn, reference=causal_mask, cases=cases, exercise="ex-05-causal-mask", quiet=quiet,
+                          mistakes=mistakes)
 
 
 def check_padding_mask(fn, *, quiet: bool = False) -> CheckReport:
@@ -46,7 +55,15 @@ def check_padding_mask(fn, *, quiet: bool = False) -> CheckReport:
              hint="Compare with pad_id, not with 0."),
         Case(args=(torch.tensor([[2, 2], [2, 4]]), 2), label="a sequence that is all padding", hint=shape_hint),
     ]
-    return check_function(fn, reference=padding_mask, cases=cases, exercise="ex-05-padding-mask", quiet=quiet)
+    mistakes = [
+        (lambda t, p: (t == p)[:, None, None, :],
+         "Your mask is True at the padding: True marks the real tokens, the keys a query may attend to."),
+        (lambda t, p: (t != p)[:, None, :, None],
+         "(B, 1, T, 1) runs along the queries: the padding mask hides *keys*, the last axis, (B, 1, 1, T)."),
+        (lambda t, p: (t != 0)[:, None, None, :], "Compare with pad_id, not with 0."),
+    ]
+    return check_function(fn, reference=padding_mask, cases=cases, exercise="ex-05-padding-mask", quiet=quiet,
+                          mistakes=mistakes)
 
 
 def check_prefix_lm_mask(fn, *, quiet: bool = False) -> CheckReport:
@@ -55,7 +72,23 @@ def check_prefix_lm_mask(fn, *, quiet: bool = False) -> CheckReport:
             "own past (s <= t). " + _BOOL_HINT)
     cases = [Case(args=(n, p), label=f"n={n}, p={p}", hint=hint)
              for n, p in ((6, 3), (5, 0), (5, 1), (4, 4), (7, 2), (1, 1))]
-    return check_function(fn, reference=prefix_lm_mask, cases=cases, exercise="ex-05-prefix-lm-mask", quiet=quiet)
+
+    def grid(n):
+        return torch.arange(n)[:, None], torch.arange(n)[None, :]  # t (queries), s (keys)
+
+    mistakes = [
+        (lambda n, p: (grid(n)[1] < p) & (grid(n)[1] <= grid(n)[0]),
+         "AND instead of OR: a key is visible when it is in the prefix *or* in the query's past."),
+        (lambda n, p: (grid(n)[1] <= p) | (grid(n)[1] <= grid(n)[0]),
+         "Off by one: the prefix is the keys 0 .. p - 1 (s < p, not s <= p)."),
+        (lambda n, p: (grid(n)[0] < p) | (grid(n)[1] <= grid(n)[0]),
+         "You let the prefix *queries* see everything (t < p), which shows them the continuation: the prefix "
+         "is a set of *keys* (s < p) that every query may see."),
+        (lambda n, p: grid(n)[1] <= grid(n)[0],
+         "That is the plain causal mask: the prefix is missing (every query also sees the keys s < p)."),
+    ]
+    return check_function(fn, reference=prefix_lm_mask, cases=cases, exercise="ex-05-prefix-lm-mask", quiet=quiet,
+                          mistakes=mistakes)
 
 
 def _masked_softmax_reference(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -90,7 +123,12 @@ def _with_gradient(fn, no_nan_inside: bool = False):
             if "nan" not in str(err).lower():
                 raise
             op = str(err).split("'")[1] if "'" in str(err) else "an operation"
-            return _NAN_INSIDE + f"{op} made NaN values in the backward pass", None
+            with torch.no_grad():  # is the NaN visible in the result too, or was it cleaned up?
+                out = fn(scores.detach(), mask)
+            visible = isinstance(out, torch.Tensor) and bool(torch.isnan(out).any())
+            # A str, not an (output, gradient) pair: the verdict shows it as what came back.
+            return _NAN_INSIDE + f"{op} made NaN values in the backward pass" + (
+                ", and your result itself has NaN" if visible else "")
 
     return run
 
@@ -105,8 +143,10 @@ def _forward_backward(fn, scores, mask):
 
 
 def _nan_inside_compare(expected, received):
-    if isinstance(received, tuple) and isinstance(received[0], str) and received[0].startswith(_NAN_INSIDE):
-        return (f"{received[0][len(_NAN_INSIDE):]} (the result and the gradient may look fine: a later "
+    if isinstance(received, str) and received.startswith(_NAN_INSIDE):
+        if received.endswith("has NaN"):
+            return received[len(_NAN_INSIDE):]
+        return (f"{received[len(_NAN_INSIDE):]} (the result and the gradient may look fine: a later "
                 f"nan_to_num or masked_fill hid the NaN)")
     return compare_values(expected, received)
 
@@ -150,9 +190,15 @@ def check_masked_softmax(fn, *, no_nan_inside: bool = False, quiet: bool = False
                               "to zero them here, but an additive mask (scores + bias) would carry them into "
                               "the gradient. Give the empty rows finite scores (e.g. 0) *before* the softmax, "
                               "then zero their weights."))
+    mistakes = [
+        (_with_gradient(lambda s, m: torch.softmax(s, -1) * m, no_nan_inside),
+         "You zeroed the masked weights after a softmax over the whole row, so the allowed ones no longer sum "
+         "to 1: leave the masked entries out of the softmax itself (their weight must be exactly 0 and the "
+         "allowed ones share the whole row)."),
+    ]
     return check_function(_with_gradient(fn, no_nan_inside), reference=_with_gradient(_masked_softmax_reference),
                           cases=cases, exercise="ex-05-masked-softmax", name=getattr(fn, "__name__", None),
-                          quiet=quiet, compare=_nan_inside_compare if no_nan_inside else None)
+                          quiet=quiet, compare=_nan_inside_compare if no_nan_inside else None, mistakes=mistakes)
 
 
 def _causal_rect_reference(n_q: int, n_k: int) -> torch.Tensor:
