@@ -16,7 +16,8 @@ def test_not_done_is_reported():
     def stub(*args):
         raise NotImplementedError("Exercise ex-06-...: write it")
 
-    for checker in (ch06.check_rms_norm, ch06.check_residual, ch06.check_beam_step, ch06.check_label_smoothing):
+    for checker in (ch06.check_rms_norm, ch06.check_residual, ch06.check_beam_step, ch06.check_label_smoothing,
+                    ch06.check_gnmt_rerank):
         report = _run(checker, stub)
         assert report.not_done and "not done yet" in report.text(), checker.__name__
 
@@ -26,36 +27,48 @@ def _rms_right(x, weight, eps):
     return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps) * weight
 
 
+def _assert_named(checker, wrong, named):
+    report = _run(checker, wrong)
+    assert not report.passed, named
+    assert named in _first_failure(report).hint, (named, report.text())
+    return report
+
+
 def test_rms_norm_right_and_wrong():
     assert _run(ch06.check_rms_norm, _rms_right).passed
-    layer_norm = _run(ch06.check_rms_norm, lambda x, w, eps: F.layer_norm(x, (x.shape[-1],), w, None, eps))
-    assert not layer_norm.passed and "do not subtract the mean" in _first_failure(layer_norm).hint.lower() \
-        or "does not centre" in _first_failure(layer_norm).hint
-    eps_outside = _run(ch06.check_rms_norm, lambda x, w, eps: x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps) * w)
-    assert not eps_outside.passed
+    assert _run(ch06.check_rms_norm, lambda x, w, eps: F.rms_norm(x, (x.shape[-1],), w, eps)).passed
+    for wrong, named in [
+        (lambda x, w, eps: F.layer_norm(x, (x.shape[-1],), w, None, eps), "That is LayerNorm"),
+        (lambda x, w, eps: x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps) * w, "eps goes inside"),
+        (lambda x, w, eps: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps), "weight is missing"),
+        (lambda x, w, eps: x / (x.std(-1, unbiased=False, keepdim=True).pow(2) + eps).sqrt() * w,
+         "standard deviation"),
+        (lambda x, w, eps: x * torch.rsqrt(x.pow(2).mean(0, keepdim=True) + eps) * w, "last dimension"),
+    ]:
+        _assert_named(ch06.check_rms_norm, wrong, named)
     no_eps = _run(ch06.check_rms_norm, lambda x, w, eps: x / x.pow(2).mean(-1, keepdim=True).sqrt() * w)
     assert not no_eps.passed and "eps goes inside" in _first_failure(no_eps).hint
     assert any("nan" in c.reason.lower() for c in no_eps.cases if not c.passed)  # the all-zero case
-    wrong_axis = _run(ch06.check_rms_norm, lambda x, w, eps: x * torch.rsqrt(x.pow(2).mean(0, keepdim=True) + eps) * w)
-    assert not wrong_axis.passed
-    no_weight = _run(ch06.check_rms_norm, lambda x, w, eps: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
-    assert not no_weight.passed and no_weight.n_passed >= 1  # right when the weight is 1
 
 
 # ---------------------------------------------------------------- residual
-def test_residual_right_and_wrong():
-    def right(x, sublayer, norm, norm_first):
-        return x + sublayer(norm(x)) if norm_first else norm(x + sublayer(x))
+def _residual_right(x, sublayer, norm, norm_first):
+    return x + sublayer(norm(x)) if norm_first else norm(x + sublayer(x))
 
-    assert _run(ch06.check_residual, right).passed
-    swapped = _run(ch06.check_residual, lambda x, f, n, nf: right(x, f, n, not nf))
-    assert not swapped.passed and swapped.n_passed == 0
-    no_residual = _run(ch06.check_residual, lambda x, f, n, nf: f(n(x)) if nf else n(f(x)))
-    assert not no_residual.passed
-    normed_residual = _run(ch06.check_residual, lambda x, f, n, nf: n(x) + f(n(x)) if nf else n(x + f(x)))
-    assert not normed_residual.passed and "untouched" in _first_failure(normed_residual).hint
-    always_post = _run(ch06.check_residual, lambda x, f, n, nf: n(x + f(x)))
-    assert not always_post.passed and always_post.n_passed == 2
+
+def test_residual_right_and_wrong():
+    assert _run(ch06.check_residual, _residual_right).passed
+    for wrong, named in [
+        (lambda x, f, n, nf: _residual_right(x, f, n, not nf), "you computed the other variant"),
+        (lambda x, f, n, nf: f(n(x)) if nf else n(f(x)), "residual connection is missing"),
+        (lambda x, f, n, nf: n(x) + f(n(x)) if nf else n(x + f(x)), "untouched"),
+        (lambda x, f, n, nf: x + f(n(x)) if nf else x + n(f(x)), "normalises the *sum*"),
+        (lambda x, f, n, nf: n(x + f(x)), "you computed the other variant"),  # always post-LN
+        (lambda x, f, n, nf: x + f(n(x)), "you computed the other variant"),  # always pre-LN
+    ]:
+        _assert_named(ch06.check_residual, wrong, named)
+    swapped = _run(ch06.check_residual, lambda x, f, n, nf: _residual_right(x, f, n, not nf))
+    assert swapped.n_passed == 0
 
 
 # ---------------------------------------------------------------- beam step
@@ -85,10 +98,15 @@ def test_beam_step_right_and_wrong():
         top, b, t = _beam_right(scores, log_probs, beam_size)
         return top, b.float(), t.float()
 
-    for wrong in (per_beam, ignore_scores, transposed_index, float_indices):
-        assert not _run(ch06.check_beam_step, wrong).passed, wrong.__name__
-    report = _run(ch06.check_beam_step, ignore_scores)
-    assert "scores[:, None] + log_probs" in _first_failure(report).hint
+    def ascending(scores, log_probs, beam_size):
+        v = log_probs.shape[-1]
+        top, idx = (scores[:, None] + log_probs).flatten().sort()
+        return top[:beam_size], idx[:beam_size] // v, idx[:beam_size] % v
+
+    for wrong, named in [(per_beam, "one prefix may supply several"), (ignore_scores, "scores are missing"),
+                         (transposed_index, "the wrong way round"), (float_indices, "integer tensors"),
+                         (ascending, "the *largest* totals")]:
+        _assert_named(ch06.check_beam_step, wrong, named)
 
 
 # ---------------------------------------------------------------- label smoothing
@@ -114,16 +132,29 @@ def test_label_smoothing_right_and_wrong():
     def pad_is_zero(logits, targets, eps, pad_id):
         return _ls_right(logits, targets, eps, 0)
 
+    def divide_by_all_rows(logits, targets, eps, pad_id):
+        keep = targets != pad_id
+        return _ls_right(logits, targets, eps, pad_id) * keep.sum() / len(targets)
+
+    def swapped_weights(logits, targets, eps, pad_id):
+        log_p = torch.log_softmax(logits, dim=-1)
+        keep = targets != pad_id
+        nll = -log_p[keep].gather(1, targets[keep][:, None]).squeeze(1)
+        return (eps * nll + (1 - eps) * -log_p[keep].mean(-1)).mean()
+
+    for wrong, named in [(no_padding, "The padding rows count"), (eps_over_others, "not over the V - 1 others"),
+                         (pad_is_zero, "not with 0"), (divide_by_all_rows, "must not count in the number"),
+                         (swapped_weights, "The weights are swapped")]:
+        _assert_named(ch06.check_label_smoothing, wrong, named)
+    report = _run(ch06.check_label_smoothing, eps_over_others)
+    assert report.n_passed == 1  # only eps=0
+    report = _run(ch06.check_label_smoothing, pad_is_zero)
+    assert _first_failure(report).label.startswith("pad_id=5")
+
     def nan_when_empty(logits, targets, eps, pad_id):
         return _ls_right(logits, targets, eps, pad_id) * float("nan")
 
-    report = _run(ch06.check_label_smoothing, no_padding)
-    assert not report.passed and "pad_id" in _first_failure(report).hint
-    report = _run(ch06.check_label_smoothing, eps_over_others)
-    assert not report.passed and report.n_passed == 1  # only eps=0
-    report = _run(ch06.check_label_smoothing, pad_is_zero)
-    assert not report.passed and _first_failure(report).label.startswith("pad_id=5")
-    assert not _run(ch06.check_label_smoothing, nan_when_empty).passed
+    assert "NaN" in _first_failure(_run(ch06.check_label_smoothing, nan_when_empty)).reason
 
 
 def test_infinite_loop_is_stopped():

@@ -46,7 +46,21 @@ def check_rms_norm(fn, *, quiet: bool = False) -> CheckReport:
         Case(args=(_randn(1, 2, 3, 16, seed=5), _randn(16, seed=6), 1e-5), label="4-D input, normalise the last axis",
              hint=mean_hint),
     ]
-    return check_function(fn, reference=_rms_norm_reference, cases=cases, exercise="ex-06-rmsnorm", quiet=quiet)
+    mistakes = [
+        (lambda x, w, eps: F.layer_norm(x, (x.shape[-1],), w, None, eps),
+         "That is LayerNorm: RMSNorm does not subtract the mean, it divides x itself by its root mean square."),
+        (lambda x, w, eps: x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps) * w,
+         "eps goes inside the square root: sqrt(mean(x**2) + eps), not sqrt(mean(x**2)) + eps."),
+        (lambda x, w, eps: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps),
+         "The learned weight is missing: multiply the normalised x by weight."),
+        (lambda x, w, eps: x * torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + eps) * w,
+         "You divided by the standard deviation (which subtracts the mean inside): RMSNorm divides by "
+         "sqrt(mean(x**2) + eps)."),
+        (lambda x, w, eps: x * torch.rsqrt(x.pow(2).mean(0, keepdim=True) + eps) * w,
+         "Normalise over the last dimension (the features of one position), dim=-1, not over the batch."),
+    ]
+    return check_function(fn, reference=_rms_norm_reference, cases=cases, exercise="ex-06-rmsnorm", quiet=quiet,
+                          mistakes=mistakes)
 
 
 # --------------------------------------------------------------------------- post-LN / pre-LN residual
@@ -87,7 +101,20 @@ def check_residual(fn, *, quiet: bool = False) -> CheckReport:
         x = _randn(*shape, seed=10 + i, scale=3.0) + 2.0
         cases.append(Case(args=(x, _sublayer(d, i), _norm(d, 20 + i), norm_first),
                           label=f"{'pre' if norm_first else 'post'}-LN, x {shape}", hint=pre if norm_first else post))
-    return check_function(fn, reference=_residual_reference, cases=cases, exercise="ex-06-residual", quiet=quiet)
+    mistakes = [
+        (lambda x, f, n, nf: _residual_reference(x, f, n, not nf),
+         "On this case you computed the other variant: norm_first=True is pre-LN (normalise the sub-layer's "
+         "input, add x untouched), False is post-LN (add first, then normalise the sum). Check how your "
+         "function reads norm_first."),
+        (lambda x, f, n, nf: f(n(x)) if nf else n(f(x)),
+         "The residual connection is missing: add the input x to the sub-layer's output."),
+        (lambda x, f, n, nf: n(x) + f(n(x)) if nf else n(x + f(x)),
+         "In pre-LN only the sub-layer's input is normalised; the residual x is added untouched."),
+        (lambda x, f, n, nf: x + n(f(x)) if not nf else x + f(n(x)),
+         "Post-LN normalises the *sum* x + sublayer(x), not the sub-layer's output alone."),
+    ]
+    return check_function(fn, reference=_residual_reference, cases=cases, exercise="ex-06-residual", quiet=quiet,
+                          mistakes=mistakes)
 
 
 # --------------------------------------------------------------------------- one beam-search step
@@ -123,7 +150,38 @@ def check_beam_step(fn, *, quiet: bool = False) -> CheckReport:
         Case(args=(torch.tensor([-1.0, -1.5, -0.7, -2.0]), _log_probs(4, 7, 5), 1), label="beam_size=1 (greedy)",
              hint=add_hint),
     ]
-    return check_function(fn, reference=_beam_step_reference, cases=cases, exercise="ex-06-beam-step", quiet=quiet)
+    def per_beam(scores, log_probs, beam_size):
+        best, token = (scores[:, None] + log_probs).max(dim=-1)
+        top, beam = best.topk(min(beam_size, len(scores)))
+        return top, beam, token[beam]
+
+    def transposed(scores, log_probs, beam_size):
+        k = log_probs.shape[0]
+        top, idx = (scores[:, None] + log_probs).reshape(-1).topk(beam_size)
+        return top, idx % k, idx // k
+
+    def worst_first(scores, log_probs, beam_size):
+        v = log_probs.shape[-1]
+        top, idx = (scores[:, None] + log_probs).reshape(-1).topk(beam_size, largest=False)
+        return top, idx // v, idx % v
+
+    mistakes = [
+        (lambda s, lp, b: _beam_step_reference(torch.zeros_like(s), lp, b),
+         "The prefixes' own scores are missing: a total is the prefix's score plus the token's "
+         "log-probability (scores[:, None] + log_probs)."),
+        (per_beam,
+         "You kept each prefix's best token only: one prefix may supply several of the best extensions, "
+         "so take the top beam_size over all K*V (prefix, token) pairs at once."),
+        (transposed,
+         "The flat index is decoded the wrong way round: after flattening (K, V), entry i extends prefix "
+         "i // V with token i % V."),
+        (lambda s, lp, b: tuple(t.float() for t in _beam_step_reference(s, lp, b)),
+         "Return the prefix and token indices as integer tensors (int64), not floats."),
+        (worst_first,
+         "Best first means the *largest* totals (log-probabilities are <= 0: the least negative)."),
+    ]
+    return check_function(fn, reference=_beam_step_reference, cases=cases, exercise="ex-06-beam-step", quiet=quiet,
+                          mistakes=mistakes)
 
 
 # --------------------------------------------------------------------------- label smoothing
@@ -149,8 +207,33 @@ def check_label_smoothing(fn, *, quiet: bool = False) -> CheckReport:
         Case(args=(torch.randn(3, 6, generator=g), torch.tensor([5, 1, 0]), 0.1, 5), label="pad_id=5 (0 is a class)",
              hint="Compare the targets with pad_id, not with 0."),
     ]
+    def smoothed(logits, targets, eps, pad_id, *, over_others=False, divide_by_all=False, swap=False):
+        keep = targets != pad_id
+        log_p = torch.log_softmax(logits[keep], dim=-1)
+        nll = -log_p.gather(1, targets[keep][:, None]).squeeze(1)
+        v = logits.shape[-1]
+        uniform = -log_p.mean(dim=-1)
+        if over_others:  # eps spread over the V - 1 wrong classes only
+            uniform = (-log_p.sum(dim=-1) - nll) / (v - 1)
+        a, b = (eps, 1 - eps) if swap else (1 - eps, eps)
+        total = (a * nll + b * uniform).sum()
+        return total / (len(targets) if divide_by_all else keep.sum())
+
+    mistakes = [
+        (lambda lg, t, e, p: F.cross_entropy(lg, t, label_smoothing=e),
+         "The padding rows count: leave out every row whose target is pad_id."),
+        (lambda lg, t, e, p: smoothed(lg, t, e, p, over_others=True),
+         "eps is spread over all V classes, the target included (as F.cross_entropy's label_smoothing does), "
+         "not over the V - 1 others."),
+        (lambda lg, t, e, p: smoothed(lg, t, e, 0),
+         "Compare the targets with pad_id, not with 0."),
+        (lambda lg, t, e, p: smoothed(lg, t, e, p, divide_by_all=True),
+         "Average over the rows that are not padding: the padding rows must not count in the number of rows."),
+        (lambda lg, t, e, p: smoothed(lg, t, e, p, swap=True),
+         "The weights are swapped: (1 - eps) goes on the target's term, eps on the uniform one."),
+    ]
     return check_function(fn, reference=_label_smoothing_reference, cases=cases, exercise="ex-06-label-smoothing",
-                          quiet=quiet, atol=1e-5, rtol=1e-4)
+                          quiet=quiet, atol=1e-5, rtol=1e-4, mistakes=mistakes)
 
 
 def _gnmt_rerank_reference(log_probs, lengths, alpha):
