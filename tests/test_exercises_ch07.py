@@ -49,12 +49,16 @@ def test_top_k_wrong_solutions_fail():
         logits[logits < kth] = float("-inf")
         return logits
 
-    report = _run(ch07.check_top_k, off_by_one)
-    assert not report.passed and "topk" in _first_failure(report).hint
-    report = _run(ch07.check_top_k, zeros_not_inf)
-    assert not report.passed and "-inf" in _first_failure(report).hint
+    def smallest(logits, k):
+        kth = torch.topk(logits, k, dim=-1, largest=False).values[..., -1:]
+        return logits.masked_fill(logits > kth, float("-inf"))
+
+    for wrong, named in [(off_by_one, "you kept k + 1 tokens"), (zeros_not_inf, "must get -inf, not 0"),
+                         (global_not_per_row, "each row keeps its own k largest"), (smallest, "*smallest*")]:
+        report = _run(ch07.check_top_k, wrong)
+        assert not report.passed and named in _first_failure(report).hint, (named, report.text())
     report = _run(ch07.check_top_k, global_not_per_row)
-    assert not report.passed and report.n_passed >= 1  # the 1-D case passes, the batched ones do not
+    assert report.n_passed >= 1  # the 1-D case passes, the batched ones do not
     report = _run(ch07.check_top_k, in_place)
     assert not report.passed and "changed its input" in report.text()
 
@@ -94,11 +98,11 @@ def test_top_p_wrong_solutions_fail():
         while True:
             pass
 
-    report = _run(ch07.check_top_p, drops_crossing_token)
-    assert not report.passed and "crosses p is kept" in _first_failure(report).hint
-    report = _run(ch07.check_top_p, forgets_unsort)
-    assert not report.passed and "shuffled" in _first_failure(report).label
-    assert not _run(ch07.check_top_p, on_logits_not_probs).passed
+    for wrong, named in [(drops_crossing_token, "makes the sum cross p: it is kept"),
+                         (forgets_unsort, "applied in vocabulary order"), (on_logits_not_probs, "You added up logits")]:
+        report = _run(ch07.check_top_p, wrong)
+        assert not report.passed and named in _first_failure(report).hint, (named, report.text())
+    assert "shuffled" in _first_failure(_run(ch07.check_top_p, forgets_unsort)).label
     report = _run(ch07.check_top_p, never_returns)
     assert not report.passed and "did not return" in report.text()
 
@@ -130,11 +134,17 @@ def test_lm_loss_wrong_solutions_fail():
     def raises(logits, ids):
         return F.cross_entropy(logits, ids)  # (B, T, V) against (B, T): wrong layout for cross_entropy
 
-    for wrong in (no_shift, shift_backwards):
+    def over_all_positions(logits, ids):  # the mean taken over B * T, one per position
+        v = logits.shape[-1]
+        total = F.cross_entropy(logits[:, :-1].reshape(-1, v), ids[:, 1:].reshape(-1), reduction="sum")
+        return total / ids.numel()
+
+    for wrong, named in [(no_shift, "No shift"), (shift_backwards, "Shifted the wrong way"),
+                         (summed, "A sum, not a mean"), (over_all_positions, "not B * T")]:
         report = _run(ch07.check_lm_loss, wrong)
-        assert not report.passed and "t + 1" in _first_failure(report).hint, wrong.__name__
+        assert not report.passed and named in _first_failure(report).hint, (named, report.text())
     report = _run(ch07.check_lm_loss, summed)
-    assert not report.passed and "×" in report.text()  # the verdict points at a constant factor
+    assert "×" in report.text()  # the verdict points at a constant factor
     report = _run(ch07.check_lm_loss, nan_loss)
     assert not report.passed and "NaN" in report.text()
     report = _run(ch07.check_lm_loss, raises)
@@ -153,15 +163,16 @@ def test_bigram_counts_right_passes():
     assert _run(ch07.check_bigram_counts, _bigram_right).passed
 
 
-@pytest.mark.parametrize("wrong, expected_message", [
-    (lambda ids, v: _bigram_right(ids, v).T.contiguous(), "expected"),  # rows and columns swapped
-    (lambda ids, v: _bigram_right(ids + ids[:1], v), "expected"),  # wraps around: one pair too many
-    (lambda ids, v: _bigram_right(ids, v).float(), "dtype"),
-    (lambda ids, v: _bigram_right(ids[:-1], v), "expected"),  # misses the last pair
+@pytest.mark.parametrize("wrong, named", [
+    (lambda ids, v: _bigram_right(ids, v).T.contiguous(), "Rows and columns are swapped"),
+    (lambda ids, v: _bigram_right(ids + ids[:1], v), "One pair too many"),  # wraps around
+    (lambda ids, v: _bigram_right(ids, v).float(), "Return torch.int64 counts"),
+    (lambda ids, v: _bigram_right(ids[:-1], v), "The last pair"),  # misses the last pair
+    (lambda ids, v: _bigram_right(ids, v).clamp(max=1), "not only whether it occurs"),
 ])
-def test_bigram_counts_wrong_solutions_fail(wrong, expected_message):
+def test_bigram_counts_wrong_solutions_fail(wrong, named):
     report = _run(ch07.check_bigram_counts, wrong)
-    assert not report.passed and expected_message in report.text()
+    assert not report.passed and named in _first_failure(report).hint, report.text()
 
 
 # ---------------------------------------------------------------- min-p (new)

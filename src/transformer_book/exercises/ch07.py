@@ -17,6 +17,7 @@ from transformer_book.generate import top_k_filter, top_p_filter
 
 __all__ = ["check_top_k", "check_top_p", "check_lm_loss", "check_bigram_counts", "check_min_p"]
 
+_NEG_INF = float("-inf")
 _INF_HINT = "Removed tokens get float('-inf') (probability exactly 0 after the softmax); kept logits stay unchanged."
 
 
@@ -36,7 +37,24 @@ def check_top_k(fn, *, quiet: bool = False) -> CheckReport:
         Case(args=(_randn(2, 3, 7, seed=4), 4), label="batch of (2, 3, 7), k=4",
              hint="Any number of leading dimensions: index with [..., -1:]. " + hint),
     ]
-    return check_function(fn, reference=top_k_filter, cases=cases, exercise="ex-07-top-k", quiet=quiet)
+    def keep_k(logits, k, fill=_NEG_INF):
+        kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+        return logits.masked_fill(logits < kth, fill)
+
+    mistakes = [
+        (lambda x, k: keep_k(x, min(k + 1, x.shape[-1])),
+         "Off by one: you kept k + 1 tokens per row; keep exactly k (the k-th largest itself stays)."),
+        (lambda x, k: keep_k(x, k - 1) if k > 1 else torch.full_like(x, _NEG_INF),
+         "Off by one: you kept k - 1 tokens per row; keep exactly k (the k-th largest itself stays)."),
+        (lambda x, k: keep_k(x, k, 0.0),
+         "Removed tokens must get -inf, not 0: a logit of 0 still has a probability after the softmax."),
+        (lambda x, k: x.masked_fill(x < x.flatten().topk(k).values[-1], _NEG_INF),
+         "One threshold for the whole tensor: each row keeps its own k largest (work along dim=-1)."),
+        (lambda x, k: x.masked_fill(x > torch.topk(x, k, dim=-1, largest=False).values[..., -1:], _NEG_INF),
+         "You kept the k *smallest* logits: keep the k largest."),
+    ]
+    return check_function(fn, reference=top_k_filter, cases=cases, exercise="ex-07-top-k", quiet=quiet,
+                          mistakes=mistakes)
 
 
 def check_top_p(fn, *, quiet: bool = False) -> CheckReport:
@@ -54,7 +72,29 @@ def check_top_p(fn, *, quiet: bool = False) -> CheckReport:
              hint="Each row has its own nucleus: softmax, sort and cumsum along the last dimension. " + hint),
         Case(args=(_randn(2, 9, seed=6), 1.0), label="p=1 keeps everything", hint=hint),
     ]
-    return check_function(fn, reference=top_p_filter, cases=cases, exercise="ex-07-top-p", quiet=quiet)
+    def nucleus(logits, p, *, include_self=False, unsort=True, on_logits=False):
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits if on_logits else torch.softmax(sorted_logits, dim=-1)
+        mass = probs.cumsum(dim=-1) - (0 if include_self else probs)
+        remove = mass >= p
+        if not include_self:
+            remove[..., 0] = False
+        if unsort:
+            remove = remove.scatter(-1, order, remove)
+        return logits.masked_fill(remove, _NEG_INF)
+
+    mistakes = [
+        (lambda x, p: nucleus(x, p, include_self=True),
+         "You dropped the token whose probability makes the sum cross p: it is kept (decide with the mass of "
+         "the tokens *before* each one, cumsum minus itself)."),
+        (lambda x, p: nucleus(x, p, unsort=False),
+         "The decisions were made in sorted order but applied in vocabulary order: put them back where the "
+         "tokens are (scatter with the sort's indices)."),
+        (lambda x, p: nucleus(x, p, on_logits=True),
+         "You added up logits: the nucleus is defined by probabilities, softmax first."),
+    ]
+    return check_function(fn, reference=top_p_filter, cases=cases, exercise="ex-07-top-p", quiet=quiet,
+                          mistakes=mistakes)
 
 
 def _lm_loss_reference(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -77,7 +117,22 @@ def check_lm_loss(fn, *, quiet: bool = False) -> CheckReport:
         case(2, 2, 4, 3, "T=2: a single prediction per sequence"),
         case(4, 16, 50, 4, "batch of 4, T=16, V=50"),
     ]
-    return check_function(fn, reference=_lm_loss_reference, cases=cases, exercise="ex-07-lm-loss", quiet=quiet)
+    def flat(logits):
+        return logits.reshape(-1, logits.shape[-1])
+
+    mistakes = [
+        (lambda lg, ids: F.cross_entropy(flat(lg), ids.reshape(-1)),
+         "No shift: logits[:, t] is the prediction for the *next* token ids[:, t + 1], not for ids[:, t]."),
+        (lambda lg, ids: F.cross_entropy(flat(lg[:, 1:]), ids[:, :-1].reshape(-1)),
+         "Shifted the wrong way: drop the *last* position of logits and the *first* token of ids."),
+        (lambda lg, ids: F.cross_entropy(flat(lg[:, :-1]), ids[:, 1:].reshape(-1), reduction="sum"),
+         "A sum, not a mean: average over the B * (T - 1) predictions."),
+        (lambda lg, ids: F.cross_entropy(flat(lg[:, :-1]), ids[:, 1:].reshape(-1)) * (ids.shape[1] - 1)
+         / ids.shape[1],
+         "Divide by the number of predictions that have a target, B * (T - 1), not B * T."),
+    ]
+    return check_function(fn, reference=_lm_loss_reference, cases=cases, exercise="ex-07-lm-loss", quiet=quiet,
+                          mistakes=mistakes)
 
 
 def check_bigram_counts(fn, *, quiet: bool = False) -> CheckReport:
@@ -92,7 +147,26 @@ def check_bigram_counts(fn, *, quiet: bool = False) -> CheckReport:
         Case(args=(torch.randint(0, 6, (200,), generator=g).tolist(), 6), label="200 random ids, V=6", hint=hint),
         Case(args=([1, 1, 1, 1], 4), label="a repeated token", hint=hint),
     ]
-    return check_function(fn, reference=bigram_counts, cases=cases, exercise="ex-07-bigram-counts", quiet=quiet)
+    def counts(ids, v, pairs=None):
+        out = torch.zeros(v, v, dtype=torch.int64)
+        for a, b in (pairs if pairs is not None else zip(ids, ids[1:])):
+            out[a, b] += 1
+        return out
+
+    mistakes = [
+        (lambda ids, v: counts(ids, v).T.contiguous(),
+         "Rows and columns are swapped: the row is the current token a, the column the token b that follows it."),
+        (lambda ids, v: counts(ids, v, zip(ids, ids[1:] + ids[:1])),
+         "One pair too many: the last token is followed by nothing (no pair wraps around to the first)."),
+        (lambda ids, v: counts(ids, v, zip(ids[:-2], ids[1:-1])),
+         "The last pair (ids[-2], ids[-1]) is missing: there are len(ids) - 1 pairs."),
+        (lambda ids, v: (counts(ids, v) > 0).long(),
+         "Count every occurrence of a pair, not only whether it occurs."),
+        (lambda ids, v: counts(ids, v).float(),
+         "Return torch.int64 counts (torch.zeros(..., dtype=torch.long)), not floats."),
+    ]
+    return check_function(fn, reference=bigram_counts, cases=cases, exercise="ex-07-bigram-counts", quiet=quiet,
+                          mistakes=mistakes)
 
 
 def _min_p_reference(logits, p_min):
