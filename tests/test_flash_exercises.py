@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from transformer_book.exercises.ch09 import check_causal_block_kind, check_merge_attention, check_online_update
+from transformer_book.exercises.ch09 import (
+    check_causal_block_kind,
+    check_merge_attention,
+    check_online_update,
+    check_window_block_kind,
+)
+
+from exercise_helpers import first_failure
 
 torch.set_num_threads(1)
 
@@ -37,13 +44,31 @@ def update_without_max(m, l, x_block):  # plain sums of exponentials: overflows
     return torch.maximum(m, x_block.amax(dim=-1)), l + torch.exp(x_block).sum(dim=-1)
 
 
+def update_inverted_rescale(m, l, x_block):
+    m_new = torch.maximum(m, x_block.amax(dim=-1))
+    ref = torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new)
+    return m_new, l * torch.exp(ref - m).nan_to_num(0.0) + torch.exp(x_block - ref.unsqueeze(-1)).sum(dim=-1)
+
+
+def update_block_max_only(m, l, x_block):  # forgets the running maximum
+    m_new = x_block.amax(dim=-1)
+    ref = torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new)
+    return m_new, l * torch.exp(m - ref) + torch.exp(x_block - ref.unsqueeze(-1)).sum(dim=-1)
+
+
 def test_online_update_checker():
     assert check_online_update(online_update, quiet=True).passed
-    for wrong, case in [(update_without_rescale, "raises the max"), (update_nan_on_empty, "no NaN"),
-                        (update_without_max, "overflow")]:
+    for wrong, case, named in [
+        (update_without_rescale, "raises the max", "The old sum is not rescaled"),
+        (update_nan_on_empty, "an all -inf block first", "-inf - (-inf) = NaN"),
+        (update_without_max, "first block", "You summed exp(x) itself"),
+        (update_inverted_rescale, "raises the max", "upside down"),
+        (update_block_max_only, "below the max", "forgets the old one"),
+    ]:
         report = check_online_update(wrong, quiet=True)
-        assert not report.passed
-        assert any(case in c.label and not c.passed for c in report.cases), [c.label for c in report.cases]
+        failure = first_failure(report)
+        assert not report.passed and case in failure.label, (wrong.__name__, failure.label)
+        assert named in failure.hint, (wrong.__name__, report.text())
     assert check_online_update(_not_done, quiet=True).not_done
 
 
@@ -80,6 +105,23 @@ def test_causal_block_kind_checker():
     assert check_causal_block_kind(_not_done, quiet=True).not_done
 
 
+def test_causal_block_kind_refuses_visiting_every_pair():
+    def by_the_mask(q_start, q_stop, k_start, k_stop):  # right on small tiles, cannot allocate a huge one
+        visible = torch.arange(k_start, k_stop)[None, :] <= torch.arange(q_start, q_stop)[:, None]
+        return "full" if visible.all() else "skip" if not visible.any() else "diagonal"
+
+    def by_every_pair(q_start, q_stop, k_start, k_stop):  # right on small tiles, too slow on a huge one
+        pairs = [(i, j) for i in range(q_start, q_stop) for j in range(k_start, k_stop)]
+        visible = [j <= i for i, j in pairs]
+        return "full" if all(visible) else "skip" if not any(visible) else "diagonal"
+
+    for wrong, reason in [(by_the_mask, "can't allocate memory"), (by_every_pair, "did not return within")]:
+        report = check_causal_block_kind(wrong, quiet=True)
+        failure = first_failure(report)
+        assert report.n_passed == len(report.cases) - 1 and failure.label.startswith("a tile of 10^7")
+        assert reason in failure.reason and "four integers" in failure.hint, report.text()
+
+
 # ---- ex-09-merge-attention ------------------------------------------------------------
 
 
@@ -102,34 +144,67 @@ def merge_max_lse(o1, lse1, o2, lse2):
     return merge_attention(o1, lse1, o2, lse2)[0], torch.maximum(lse1, lse2)
 
 
+def merge_swapped(o1, lse1, o2, lse2):
+    o, lse = merge_attention(o2, lse1, o1, lse2)
+    return o, lse
+
+
+def merge_unguarded(o1, lse1, o2, lse2):  # NaN when both parts are empty
+    lse = torch.logaddexp(lse1, lse2)
+    return torch.exp(lse1 - lse)[..., None] * o1 + torch.exp(lse2 - lse)[..., None] * o2, lse
+
+
 def test_merge_attention_checker():
     assert check_merge_attention(merge_attention, quiet=True).passed
-    for wrong, case in [(merge_average, "equal halves"), (merge_overflowing, "large scores"),
-                        (merge_max_lse, "equal halves")]:
+    for wrong, case, named in [
+        (merge_average, "equal halves", "A plain average"),
+        (merge_overflowing, "large scores", "never exponentiate an lse on its own"),
+        (merge_max_lse, "equal halves", "not the larger of the two"),
+        (merge_swapped, "equal halves", "The weights are swapped"),
+        (merge_unguarded, "both parts empty", "-inf - (-inf) = NaN"),
+    ]:
         report = check_merge_attention(wrong, quiet=True)
-        assert not report.passed
-        assert any(case in c.label and not c.passed for c in report.cases), [(c.label, c.passed) for c in report.cases]
+        failure = first_failure(report)
+        assert not report.passed and case in failure.label, (wrong.__name__, failure.label)
+        assert named in failure.hint, (wrong.__name__, report.text())
     assert check_merge_attention(_not_done, quiet=True).not_done
 
 
 # ---- ex-09-window-blocks (new) ---------------------------------------------------------
 
 
+def window_block_kind(q_start, q_stop, k_start, k_stop, window):
+    # j - i over the tile runs from k_start - (q_stop - 1) up to (k_stop - 1) - q_start
+    lowest, highest = k_start - (q_stop - 1), (k_stop - 1) - q_start
+    if lowest > 0 or highest <= -window:
+        return "skip"
+    if highest <= 0 and lowest > -window:
+        return "full"
+    return "diagonal"
+
+
+def window_by_every_pair(q_start, q_stop, k_start, k_stop, window):
+    visible = [i - window < j <= i for i in range(q_start, q_stop) for j in range(k_start, k_stop)]
+    return "full" if all(visible) else "skip" if not any(visible) else "diagonal"
+
+
 def test_window_block_kind_checker():
-    from transformer_book.exercises.ch09 import _window_block_kind, check_window_block_kind
-
-    def window_block_kind(q_start, q_stop, k_start, k_stop, window):
-        visible = [i - window < j <= i for i in range(q_start, q_stop) for j in range(k_start, k_stop)]
-        return "full" if all(visible) else "skip" if not any(visible) else "diagonal"
-
     assert check_window_block_kind(window_block_kind, quiet=True).passed
-    assert check_window_block_kind(_window_block_kind, quiet=True).passed
+    for q_start, q_stop, k_start, k_stop, window in [(8, 12, 0, 4, 4), (8, 12, 4, 8, 8), (8, 12, 5, 6, 4),
+                                                     (0, 4, 0, 4, 1), (3, 9, 0, 5, 3), (20, 24, 2, 19, 6)]:
+        assert window_block_kind(q_start, q_stop, k_start, k_stop, window) == window_by_every_pair(
+            q_start, q_stop, k_start, k_stop, window)
     for wrong, named in [
         (lambda qs, qe, ks, ke, w: block_kind(qs, qe, ks, ke), "You ignored the window"),
         (lambda qs, qe, ks, ke, w: window_block_kind(qs, qe, ks, ke, w + 1), "Off by one at the window's edge"),
         (lambda qs, qe, ks, ke, w: "skip" if ks >= qe or ke - 1 <= qs - w else "full", "return 'diagonal'"),
     ]:
         report = check_window_block_kind(wrong, quiet=True)
-        failure = next(c for c in report.cases if not c.passed)
+        failure = first_failure(report)
         assert not report.passed and failure.reason.startswith("output is '"), report.text()
-        assert named in failure.hint or named in report.text(), (named, report.text())
+        assert named in failure.hint, (named, report.text())
+    report = check_window_block_kind(window_by_every_pair, quiet=True)
+    failure = first_failure(report)
+    assert report.n_passed == len(report.cases) - 1 and "did not return within" in failure.reason
+    assert "four integers" in failure.hint
+    assert check_window_block_kind(_not_done, quiet=True).not_done

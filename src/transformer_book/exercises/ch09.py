@@ -51,8 +51,32 @@ def check_online_update(fn, *, quiet: bool = False) -> CheckReport:
              label="batched state (2, 3), block (2, 3, 6)",
              hint="Reduce over the last dimension only: x_block.amax(dim=-1), .sum(dim=-1)."),
     ]
+    def update(m, l, x_block, *, rescale=True, guard=True, subtract=True, keep_old_max=True, sign=1.0):
+        m_new = torch.maximum(m, x_block.amax(dim=-1)) if keep_old_max else x_block.amax(dim=-1)
+        ref = torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new) if guard else m_new
+        if not subtract:
+            return m_new, l + torch.exp(x_block).sum(dim=-1)
+        alpha = torch.exp(sign * (m - ref)) if rescale else 1.0
+        return m_new, l * alpha + torch.exp(x_block - ref.unsqueeze(-1)).sum(dim=-1)
+
+    mistakes = [  # the NaN-making mistake first: a NaN answer is matched by the first mistake that makes it
+        (lambda m, l, x: update(m, l, x, guard=False),
+         "While every score so far is -inf, m_new is -inf and x - m_new computes -inf - (-inf) = NaN: "
+         "measure against 0 instead in that case (the sum then stays 0)."),
+        (lambda m, l, x: update(m, l, x, rescale=False),
+         "The old sum is not rescaled: it was measured against the old maximum m, so multiply it by "
+         "exp(m - m_new) before adding the block's terms."),
+        (lambda m, l, x: update(m, l, x, sign=-1.0),
+         "The rescaling factor is upside down: it is exp(m - m_new) <= 1 (the old sum shrinks when the "
+         "maximum grows), not exp(m_new - m)."),
+        (lambda m, l, x: update(m, l, x, keep_old_max=False),
+         "The new maximum forgets the old one: m_new = max(m, the block's maximum)."),
+        (lambda m, l, x: update(m, l, x, subtract=False),
+         "You summed exp(x) itself: keep the sum relative to the running maximum, exp(x - m_new), or large "
+         "scores overflow."),
+    ]
     return check_function(fn, reference=online_softmax_update, cases=cases, exercise="ex-09-online-update",
-                          quiet=quiet)
+                          quiet=quiet, mistakes=mistakes)
 
 
 # ----------------------------------------------------------------------------------------
@@ -66,6 +90,14 @@ def _causal_block_kind(q_start: int, q_stop: int, k_start: int, k_stop: int) -> 
     if k_stop - 1 <= q_start:  # the last key is at or before the first query: everybody sees all
         return "full"
     return "diagonal"
+
+
+# 2 * 10^14 (query, key) pairs: more than one can visit in the time limit, and as a tensor more than
+# a 64-bit machine can address (2^47 bytes), so building the tile's mask fails at once, never swaps.
+_HUGE_FULL_TILE = (3 * 10**7, 4 * 10**7, 0, 2 * 10**7)
+_HUGE_HINT = ("Decide from the four integers with a few comparisons: a kernel decides this for every tile "
+              "before it loads any data, and a tile can hold far more (query, key) pairs than one can visit "
+              "or store.")
 
 
 def check_causal_block_kind(fn, *, quiet: bool = False) -> CheckReport:
@@ -87,6 +119,7 @@ def check_causal_block_kind(fn, *, quiet: bool = False) -> CheckReport:
         Case(args=(5, 6, 6, 7), label="one query, the next key", hint=skip),
         Case(args=(0, 4, 3, 7), label="blocks not aligned: keys 3..6 vs queries 0..3", hint=diagonal),
         Case(args=(32, 37, 32, 40), label="ragged tail blocks", hint=diagonal),
+        Case(args=_HUGE_FULL_TILE, label="a tile of 10^7 queries x 2 * 10^7 keys", hint=_HUGE_HINT),
     ]
     mistakes = [
         (lambda qs, qe, ks, ke: "skip" if ks >= qe else "full" if ke - 1 < qs else "diagonal",
@@ -140,9 +173,38 @@ def check_merge_attention(fn, *, quiet: bool = False) -> CheckReport:
         Case(args=(o1, lse1, empty_o, empty_lse), label="second part empty (lse = -inf, o = 0)",
              hint="An empty part has lse = -inf: its weight exp(-inf - lse) is 0, and the result is the other part."),
         Case(args=(empty_o, empty_lse, o1, lse1), label="first part empty", hint=weights),
+        Case(args=(empty_o, empty_lse, empty_o.clone(), empty_lse.clone()),
+             label="both parts empty (a query with no visible key): o = 0, lse = -inf, no NaN",
+             hint=("With both parts empty lse = -inf and lse1 - lse computes -inf - (-inf) = NaN: measure "
+                   "against 0 instead in that case (both weights are then 0).")),
+    ]
+
+    def merged(o1, lse1, o2, lse2, *, guard=True, swap=False):
+        lse = torch.logaddexp(lse1, lse2)
+        ref = torch.where(torch.isneginf(lse), torch.zeros_like(lse), lse) if guard else lse
+        w1, w2 = torch.exp(lse1 - ref).unsqueeze(-1), torch.exp(lse2 - ref).unsqueeze(-1)
+        return (w2 * o1 + w1 * o2 if swap else w1 * o1 + w2 * o2), lse
+
+    def overflowing(o1, lse1, o2, lse2):
+        w1, w2 = torch.exp(lse1).unsqueeze(-1), torch.exp(lse2).unsqueeze(-1)
+        return (w1 * o1 + w2 * o2) / (w1 + w2), torch.log(w1 + w2).squeeze(-1)
+
+    mistakes = [
+        (lambda o1, lse1, o2, lse2: ((o1 + o2) / 2, torch.logaddexp(lse1, lse2)),
+         "A plain average treats both parts as equally likely: weight each by its share of the probability "
+         "mass, exp(lse_i - lse)."),
+        (lambda o1, lse1, o2, lse2: (merged(o1, lse1, o2, lse2)[0], torch.maximum(lse1, lse2)),
+         "The log-sum-exp of all the keys is logaddexp(lse1, lse2) (the log of the sum of both masses), not "
+         "the larger of the two."),
+        (lambda o1, lse1, o2, lse2: merged(o1, lse1, o2, lse2, swap=True),
+         "The weights are swapped: part 1's share exp(lse1 - lse) multiplies o1."),
+        (lambda o1, lse1, o2, lse2: merged(o1, lse1, o2, lse2, guard=False),
+         "With both parts empty lse = -inf and lse1 - lse computes -inf - (-inf) = NaN: measure against 0 "
+         "instead in that case (both weights are then 0)."),
+        (overflowing, overflow),
     ]
     return check_function(fn, reference=_merge_attention, cases=cases, exercise="ex-09-merge-attention",
-                          quiet=quiet)
+                          quiet=quiet, mistakes=mistakes)
 
 
 # ----------------------------------------------------------------------------------------
@@ -181,6 +243,8 @@ def check_window_block_kind(fn, *, quiet: bool = False) -> CheckReport:
         Case(args=(8, 9, 4, 5, 4), label="query 8, key 4, window 4 (just outside)", hint=far),
         Case(args=(0, 4, 0, 4, 1), label="window 1: each query sees only itself", hint=diag),
         Case(args=(100, 101, 0, 100, 1000), label="a window longer than the sequence: plain causal", hint=full),
+        Case(args=(*_HUGE_FULL_TILE, 10**8), label="a tile of 10^7 queries x 2 * 10^7 keys, window 10^8",
+             hint=_HUGE_HINT),
     ]
     mistakes = [  # the off-by-one first: where both match, it is the nearer miss
         (lambda qs, qe, ks, ke, w: _window_block_kind(qs, qe, ks, ke, w + 1),
