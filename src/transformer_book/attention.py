@@ -176,17 +176,17 @@ def _merge_heads(x: Tensor) -> Tensor:
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # first linear -> (key, packed)
 
 
-def packed_weight(*linears: nn.Linear) -> tuple[Tensor, Tensor, Tensor | None]:
+def packed_weight(*linears: nn.Linear) -> tuple[Tensor, Tensor | None]:
     """The weights of ``linears`` (one input size) side by side, for :func:`affine`:
-    ``(W_rows (in, out), W_cols (out, in), b (out,) or None)``, where ``out`` sums the linears'
-    outputs, so that ``affine(x, *packed_weight(*linears))`` equals
-    ``torch.cat([lin(x) for lin in linears], dim=-1)``.
+    ``(W (in, out), b (out,) or None)``, where ``out`` sums the linears' outputs, so that
+    ``affine(x, *packed_weight(*linears))`` equals ``torch.cat([lin(x) for lin in linears], dim=-1)``.
 
     For decoding (chapter 8). A token multiplies one vector by every matrix, reading each weight
     once, so the speed is how fast memory streams the matrices: one product instead of three
-    (q, k, v) makes fewer, longer passes, and a matrix is streamed in the order that suits the
-    product (measured in the chapter). The copies are cached per model and remade whenever one
-    of the tensors changes (its address, dtype, device or in-place version: a training step,
+    (q, k, v) makes fewer, longer passes, and each matrix is stored ``(in, out)``, the layout that
+    a product with a few rows streams fastest (measured in the chapter; ``nn.Linear`` stores
+    ``(out, in)``). The copies are cached per model and remade whenever one of the tensors
+    changes (its address, dtype, device or in-place version: a training step,
     ``load_state_dict``, ``.to()``).
     """
     tensors = [t for lin in linears for t in (lin.weight, lin.bias) if t is not None]
@@ -194,28 +194,18 @@ def packed_weight(*linears: nn.Linear) -> tuple[Tensor, Tensor, Tensor | None]:
     cached = _PACKED.get(linears[0])
     if cached is None or cached[0] != key:
         with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, usable anywhere
-            cols = torch.cat([lin.weight for lin in linears]) if len(linears) > 1 else linears[0].weight.detach()
+            w = torch.cat([lin.weight for lin in linears]).t().contiguous()  # (in, out)
             has_bias = all(lin.bias is not None for lin in linears)
             bias = torch.cat([lin.bias for lin in linears]) if has_bias else None
-            cached = _PACKED[linears[0]] = (key, (cols.t().contiguous(), cols, bias))
+            cached = _PACKED[linears[0]] = (key, (w, bias))
     return cached[1]
 
 
-def affine(x: Tensor, w_rows: Tensor, w_cols: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``x @ W + b`` for ``x`` ``(..., in)``, with ``W`` given twice (:func:`packed_weight`):
-    ``w_rows`` ``(in, out)`` and ``w_cols`` ``(out, in)``, both contiguous.
-
-    One row (a decoded token) is ``x @ w_rows``: BLAS's matrix-vector product streams a matrix
-    stored ``(in, out)`` fastest. Several rows (a batch, a prompt) are ``(w_cols @ x^T)^T``:
-    each weight is read once for all the rows, in the order BLAS's matrix product handles best
-    on a wide matrix like the LM head. Both measured in chapter 8.
-    """
+def affine(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ W + b`` for ``x`` ``(..., in)`` and ``W`` ``(in, out)`` (:func:`packed_weight`)."""
     flat = x.reshape(-1, x.shape[-1])  # (M, in)
-    if flat.shape[0] == 1:
-        y = flat @ w_rows if bias is None else torch.addmm(bias, flat, w_rows)
-    else:
-        y = (w_cols @ flat.t() if bias is None else torch.addmm(bias[:, None], w_cols, flat.t())).t().contiguous()
-    return y.view(*x.shape[:-1], w_rows.shape[1])
+    y = flat @ w if bias is None else torch.addmm(bias, flat, w)
+    return y.view(*x.shape[:-1], w.shape[1])
 
 
 def _check_head_counts(d_model: object, n_heads: object, n_kv_heads: object) -> int:
