@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import re
+
 import torch
 
 from transformer_book.data.numbers import GERMAN_MORPHEMES
@@ -11,7 +14,8 @@ from exercise_helpers import first_failure as _first_failure, run as _run
 
 torch.set_num_threads(1)
 
-CHECKERS = (ch01.check_additive_score, ch01.check_dot_attention_weights, ch01.check_split_german)
+CHECKERS = (ch01.check_additive_score, ch01.check_dot_attention_weights, ch01.check_split_german,
+            ch01.check_general_score)
 
 
 def test_not_done_is_reported():
@@ -35,31 +39,50 @@ def _additive_right(query, keys, w_query, w_key, v):
     return torch.tanh(q[:, :, None, :] + k[:, None, :, :]) @ v
 
 
-def test_additive_right_and_wrong():
+def test_additive_right_passes():
     assert _run(ch01.check_additive_score, _additive_right).passed
 
+
+def test_additive_wrong_answers_are_named():
     def no_tanh(query, keys, w_query, w_key, v):
         return ((query @ w_query.T)[:, :, None] + (keys @ w_key.T)[:, None]) @ v
-
-    report = _run(ch01.check_additive_score, no_tanh)
-    assert not report.passed and "tanh" in _first_failure(report).hint
 
     def tanh_outside(query, keys, w_query, w_key, v):
         return torch.tanh(((query @ w_query.T)[:, :, None] + (keys @ w_key.T)[:, None]) @ v)
 
-    assert not _run(ch01.check_additive_score, tanh_outside).passed
-
     def swapped(query, keys, w_query, w_key, v):
         return torch.tanh((query @ w_key.T)[:, :, None] + (keys @ w_query.T)[:, None]) @ v
 
-    report = _run(ch01.check_additive_score, swapped)
-    assert not report.passed and report.n_passed <= 2  # only the square cases can pass by accident
+    def sums_instead_of_v(query, keys, w_query, w_key, v):
+        return torch.tanh((query @ w_query.T)[:, :, None] + (keys @ w_key.T)[:, None]).sum(-1)
+
+    for wrong, named in [(no_tanh, "tanh is missing"), (tanh_outside, "tanh is in the wrong place"),
+                         (swapped, "The weights are swapped"), (sums_instead_of_v, "v is missing")]:
+        report = _run(ch01.check_additive_score, wrong)
+        assert not report.passed and named in _first_failure(report).hint, (wrong.__name__, report.text())
 
     def keys_by_queries(query, keys, w_query, w_key, v):
-        return (torch.tanh((query @ w_query.T)[:, None, :] + (keys @ w_key.T)[:, :, None]) @ v)
+        return torch.tanh((query @ w_query.T)[:, None, :] + (keys @ w_key.T)[:, :, None]) @ v
 
     report = _run(ch01.check_additive_score, keys_by_queries)
     assert not report.passed and "shape" in _first_failure(report).reason
+
+
+def test_additive_python_loop_is_too_slow():
+    # The chapter checks additive_scores against loops over (b, i, j); as an answer, they time out.
+    def loops(query, keys, w_query, w_key, v):
+        B, T, S = query.shape[0], query.shape[1], keys.shape[1]
+        out = torch.zeros(B, T, S)
+        for b in range(B):
+            for i in range(T):
+                for j in range(S):
+                    out[b, i, j] = v @ torch.tanh(w_query @ query[b, i] + w_key @ keys[b, j])
+        return out
+
+    report = _run(ch01.check_additive_score, loops)
+    failure = _first_failure(report)
+    assert report.n_passed == len(report.cases) - 1 and failure.label.startswith("B=32, T=S=128")
+    assert "did not return within" in failure.reason and "Python loop" in failure.hint
 
 
 # ---------------------------------------------------------------- dot-product weights
@@ -110,9 +133,11 @@ def _split_right(word):
     return pieces
 
 
-def test_split_right_and_wrong():
+def test_split_right_passes():
     assert _run(ch01.check_split_german, _split_right).passed
 
+
+def test_split_wrong_answers_are_named():
     def shortest_first(word):
         pieces, i = [], 0
         by_length = sorted(GERMAN_MORPHEMES, key=len)
@@ -124,31 +149,46 @@ def test_split_right_and_wrong():
             i += len(m)
         return pieces
 
-    report = _run(ch01.check_split_german, shortest_first)
-    assert not report.passed and "longest first" in _first_failure(report).hint
+    def regex_in_list_order(word):
+        return re.findall("|".join(GERMAN_MORPHEMES), word)
 
-    def only_und(word):
-        return word.replace("und", " und ").split()
+    def drops_und(word):
+        return [m for m in _split_right(word) if m != "und"]
 
-    assert not _run(ch01.check_split_german, only_und).passed
-    assert not _run(ch01.check_split_german, lambda word: word).passed
+    def whole_word(word):
+        return [word]
+
+    def joined(word):
+        return " ".join(_split_right(word))
+
+    for wrong, named in [(shortest_first, "longest morphemes first"), (regex_in_list_order, "regular expression"),
+                         (drops_und, "'und' are missing"), (whole_word, "the whole word as one piece"),
+                         (joined, "not one string")]:
+        report = _run(ch01.check_split_german, wrong)
+        assert not report.passed and named in _first_failure(report).hint, (wrong.__name__, report.text())
     assert not _run(ch01.check_split_german, lambda word: None).passed
 
 
-# ---------------------------------------------------------------------------------- general score (new)
+# ---------------------------------------------------------------- Luong's general score
 def test_general_score_right_and_wrong():
-    from transformer_book.exercises.ch01 import check_general_score
-
     def general_score(query, keys, w):
-        return (query @ w) @ keys.transpose(1, 2)
+        return torch.einsum("bti,ij,bsj->bts", query, w, keys)
 
-    assert check_general_score(general_score, quiet=True).passed
-    for wrong, named in [
-        (lambda q, k, w: q @ w.T @ k.transpose(1, 2), "W is transposed"),
-        (lambda q, k, w: q @ k.transpose(1, 2), "W is missing"),
-        (lambda q, k, w: q @ w @ k.transpose(1, 2) / k.shape[-1] ** 0.5, "No 1/sqrt(d) scale"),
-        (lambda q, k, w: (q @ w) @ k[:1].transpose(1, 2), "output differs"),  # batch 0's keys for all
-    ]:
-        report = check_general_score(wrong, quiet=True)
-        failure = next(c for c in report.cases if not c.passed)
-        assert not report.passed and (named in failure.hint or named in failure.reason), (named, report.text())
+    assert _run(ch01.check_general_score, general_score).passed
+
+    def w_transposed(query, keys, w):
+        return query @ w.T @ keys.transpose(1, 2)
+
+    def dot_only(query, keys, w):
+        return query @ keys.transpose(1, 2)
+
+    def scaled(query, keys, w):
+        return (query @ w) @ keys.transpose(1, 2) / math.sqrt(keys.shape[-1])
+
+    def first_batch_keys(query, keys, w):  # every batch element scored against batch 0's keys
+        return (query @ w) @ keys[:1].transpose(1, 2)
+
+    for wrong, named in [(w_transposed, "W is transposed"), (dot_only, "W is missing"),
+                         (scaled, "No 1/sqrt(d) scale"), (first_batch_keys, "batch 0's keys")]:
+        report = _run(ch01.check_general_score, wrong)
+        assert not report.passed and named in _first_failure(report).hint, (wrong.__name__, report.text())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from transformer_book.data.numbers import german_word, split_german
+from transformer_book.data.numbers import GERMAN_MORPHEMES, german_word, split_german
 from transformer_book.exercises.core import Case, CheckReport, check_function
 from transformer_book.seq2seq import additive_scores, dot_scores, masked_softmax
 
@@ -25,8 +25,24 @@ def _randn(*shape: int, seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
+def _additive_no_tanh(query, keys, w_query, w_key, v):  # a known mistake: tanh left out
+    return ((query @ w_query.T)[:, :, None] + (keys @ w_key.T)[:, None]) @ v
+
+
+def _additive_tanh_outside(query, keys, w_query, w_key, v):  # a known mistake: tanh of the score
+    return torch.tanh(_additive_no_tanh(query, keys, w_query, w_key, v))
+
+
+def _additive_swapped(query, keys, w_query, w_key, v):  # a known mistake: W_k on the query
+    return additive_scores(query, keys, w_key, w_query, v)
+
+
+def _additive_summed(query, keys, w_query, w_key, v):  # a known mistake: v left out
+    return torch.tanh((query @ w_query.T)[:, :, None] + (keys @ w_key.T)[:, None]).sum(-1)
+
+
 def check_additive_score(fn, *, quiet: bool = False) -> CheckReport:
-    """ex-01-additive-score: ``fn(query, keys, w_query, w_key, v) -> (B, T, S)``."""
+    """ex-01-additive-score: ``fn(query, keys, w_query, w_key, v) -> (B, T, S)``, without a Python loop."""
     hint = ("Project first: q = query @ w_query.T is (B, T, A), k = keys @ w_key.T is (B, S, A). "
             "Add every query to every key with q[:, :, None, :] + k[:, None, :, :] (B, T, S, A), "
             "take tanh, then the dot product with v over the last axis.")
@@ -42,7 +58,26 @@ def check_additive_score(fn, *, quiet: bool = False) -> CheckReport:
            _randn(2, seed=95))
     cases.append(Case(args=big, label="large inputs (tanh saturates at +-1)",
                       hint="tanh goes inside the sum with v, after adding the projected query and key."))
-    return check_function(fn, reference=additive_scores, cases=cases, exercise="ex-01-additive-score", quiet=quiet)
+    # Last: half a million (b, i, j) pairs. Broadcasting does them in milliseconds; a Python loop over
+    # the pairs (the chapter's reference check) runs past the time limit.
+    cases.append(Case(
+        args=(_randn(32, 128, 8, seed=90), _randn(32, 128, 6, seed=91), _randn(8, 8, seed=92),
+              _randn(8, 6, seed=93), _randn(8, seed=94)),
+        label="B=32, T=S=128: half a million (query, key) pairs",
+        hint=("A Python loop over (b, i, j) is far too slow here: broadcast instead, a (B, T, 1, A) "
+              "tensor plus a (B, 1, S, A) one gives all pairs at once.")))
+    mistakes = [
+        (_additive_no_tanh, "tanh is missing: the score is v . tanh(W_q q + W_k k), the tanh applied to the "
+                            "sum of the projected query and key, before the dot product with v."),
+        (_additive_tanh_outside, "tanh is in the wrong place: it squashes the (A,)-vector W_q q + W_k k, "
+                                 "before the dot product with v, not the final score."),
+        (_additive_swapped, "The weights are swapped: w_query projects the query (C_q -> A), w_key the keys "
+                            "(C_k -> A)."),
+        (_additive_summed, "v is missing: after the tanh take the dot product with v over the A features "
+                           "(@ v), not a plain sum."),
+    ]
+    return check_function(fn, reference=additive_scores, cases=cases, exercise="ex-01-additive-score", quiet=quiet,
+                          mistakes=mistakes)
 
 
 def _dot_attention_weights_reference(query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -82,13 +117,38 @@ def check_dot_attention_weights(fn, *, quiet: bool = False) -> CheckReport:
                           exercise="ex-01-dot-attention", quiet=quiet, mistakes=mistakes)
 
 
+def _split_shorter_first(word):  # a known mistake: shortest (or list-order) match first
+    by_length = sorted(GERMAN_MORPHEMES, key=len)
+    pieces, i = [], 0
+    while i < len(word):
+        piece = next(m for m in by_length if word.startswith(m, i))
+        pieces.append(piece)
+        i += len(piece)
+    return pieces
+
+
 def check_split_german(fn, *, quiet: bool = False) -> CheckReport:
     """ex-01-split-german: ``fn(word) -> list of morphemes`` from GERMAN_MORPHEMES."""
     hint = ("Walk through the word; at each position try the morphemes longest first (sorted by len, "
             "reverse=True) and take the first the rest of the word starts with (str.startswith(m, i)).")
-    numbers = [24, 0, 1, 17, 101, 1_024, 13_003, 66, 777_777, 372_845, 210_011, 101_001]
-    cases = [Case(args=(german_word(x),), label=f"{german_word(x)!r} ({x:,})", hint=hint) for x in numbers]
-    return check_function(fn, reference=split_german, cases=cases, exercise="ex-01-split-german", quiet=quiet)
+    hints = {13: "'dreizehn' is one morpheme (13), not 'drei' + 'zehn': prefer the longest morpheme that fits.",
+             1: "'eins' is one morpheme: 'ein' also fits, but leaves an 's' that no morpheme starts with."}
+    numbers = [24, 13, 0, 1, 17, 101, 1_024, 13_003, 66, 777_777, 372_845, 210_011, 101_001]
+    cases = [Case(args=(german_word(x),), label=f"{german_word(x)!r} ({x:,})", hint=hints.get(x, hint))
+             for x in numbers]
+    mistakes = [
+        (_split_shorter_first,
+         "A shorter morpheme was taken where a longer one fits ('drei' + 'zehn' for 'dreizehn'): at each "
+         "position try the longest morphemes first. (A regular expression 'a|b|...' also tries its "
+         "alternatives in the order written, not the longest first.)"),
+        (lambda word: [word], "You returned the whole word as one piece: cut it into its morphemes."),
+        (lambda word: [m for m in split_german(word) if m != "und"],
+         "The pieces 'und' are missing: the English side drops 'and', but 'und' is a German morpheme "
+         "and stays."),
+        (lambda word: " ".join(split_german(word)), "Return a list of str, not one string joined by spaces."),
+    ]
+    return check_function(fn, reference=split_german, cases=cases, exercise="ex-01-split-german", quiet=quiet,
+                          mistakes=mistakes)
 
 
 def _general_score_reference(query, keys, w):
@@ -118,6 +178,9 @@ def check_general_score(fn, *, quiet: bool = False) -> CheckReport:
          "W is missing: that is the dot score. Map the queries with W first."),
         (lambda q, k, w: (q @ w @ k.transpose(1, 2)) / (k.shape[-1] ** 0.5),
          "No 1/sqrt(d) scale in Luong's general score: return q^T W k as it is."),
+        (lambda q, k, w: (q @ w) @ k[:1].transpose(1, 2),
+         "Every batch element was scored against batch 0's keys: batch b's queries meet batch b's own "
+         "keys (a batched product over B)."),
     ]
     return check_function(fn, reference=_general_score_reference, cases=cases, exercise="ex-01-general-score",
                           quiet=quiet, mistakes=mistakes)
