@@ -21,6 +21,10 @@ def _as_plain_dict(expected, received):
     """Accept a dict or a collections.Counter with the same items; say what differs otherwise."""
     if not isinstance(received, dict):
         return f"output is a {type(received).__name__}; expected a dict {{(left, right): count}}"
+    odd = next((k for k in received if not (isinstance(k, tuple) and len(k) == 2)), None)
+    if odd is not None:
+        return (f"output has the key {odd!r} ({type(odd).__name__}); the keys must be (left, right) tuples "
+                f"of ids, e.g. (5, 5)")
     received = {k: v for k, v in received.items() if v != 0}  # a Counter may hold zeros
     if received == expected:
         return None
@@ -36,7 +40,7 @@ def check_count_pairs(fn, *, quiet: bool = False) -> CheckReport:
     overlap_hint = ("Every adjacent pair counts, overlapping ones too: [5, 5, 5] has the pair (5, 5) "
                     "twice, at positions 0-1 and 1-2. Use zip(ids, ids[1:]).")
     cases = [
-        Case(args=([1, 2, 3, 1, 2],), label="[1, 2, 3, 1, 2]", hint="(1, 2) occurs twice."),
+        Case(args=([1, 2, 3, 1, 2, 3],), label="[1, 2, 3, 1, 2, 3]", hint="(1, 2) and (2, 3) occur twice."),
         Case(args=([5, 5, 5],), label="overlapping [5, 5, 5]", hint=overlap_hint),
         Case(args=([7, 8],), label="two ids", hint="The last pair ends at the last id: n ids have n - 1 pairs."),
         Case(args=([4],), label="one id (no pairs)", hint="Fewer than two ids: return an empty dict."),
@@ -44,8 +48,25 @@ def check_count_pairs(fn, *, quiet: bool = False) -> CheckReport:
         Case(args=(list(b"the cat sat on the mat"),), label="bytes of 'the cat sat on the mat'",
              hint="Keys are tuples (left, right) of ints, values how often they occur."),
     ]
+    mistakes = [
+        (_count_without_overlap, "Overlapping occurrences were skipped: counting is not merging. Every "
+                                 "adjacent pair counts, so [5, 5, 5] holds (5, 5) twice (positions 0-1 and 1-2)."),
+        (lambda ids: count_pairs(ids[:-1]), "The last pair is missing: n ids have n - 1 pairs, the last one "
+                                            "(ids[-2], ids[-1])."),
+        (lambda ids: dict.fromkeys(zip(ids, ids[1:]), 1), "Every pair got the count 1: count how many times "
+                                                          "each pair occurs, not only whether it does."),
+    ]
     return check_function(fn, reference=_count_pairs_reference, cases=cases, exercise="ex-02-count-pairs",
-                          compare=_as_plain_dict, quiet=quiet)
+                          compare=_as_plain_dict, quiet=quiet, mistakes=mistakes)
+
+
+def _count_without_overlap(ids):  # a known mistake: after a pair of equal ids, skip both
+    counts, i = {}, 0
+    while i + 1 < len(ids):
+        pair = (ids[i], ids[i + 1])
+        counts[pair] = counts.get(pair, 0) + 1
+        i += 2 if pair[0] == pair[1] else 1
+    return counts
 
 
 def _merge_overlapping(ids, pair, new_id):  # a known mistake: after a match, steps one id only
@@ -66,6 +87,13 @@ def _merge_drops_last(ids, pair, new_id):  # a known mistake: the loop stops one
         else:
             out.append(ids[i])
             i += 1
+    return out
+
+
+def _merge_keeps_second(ids, pair, new_id):  # a known mistake: after a match, the second id is kept
+    out = []
+    for i, x in enumerate(ids):
+        out.append(new_id if (x, *ids[i + 1:i + 2]) == tuple(pair) else x)
     return out
 
 
@@ -91,6 +119,8 @@ def check_merge_pair(fn, *, quiet: bool = False) -> CheckReport:
                             "starts there), append the last id too."),
         (_merge_overlapping, "Occurrences overlapped: after a match, jump over both ids (i += 2), so "
                              "[5, 5, 5] with (5, 5) gives [9, 5], not [9, 9]."),
+        (_merge_keeps_second, "After a match the pair's second id was kept: the new id replaces both ids "
+                              "of the pair, so jump over both (i += 2)."),
     ]
     return check_function(fn, reference=merge_pair, cases=cases, exercise="ex-02-merge-pair", quiet=quiet,
                           mistakes=mistakes)
