@@ -6,7 +6,12 @@ import math
 
 import torch
 
-from transformer_book.exercises.ch03 import check_alibi_slopes, check_rope, check_sinusoidal
+from transformer_book.exercises.ch03 import (
+    check_alibi_slopes,
+    check_interpolated_rope,
+    check_rope,
+    check_sinusoidal,
+)
 
 from exercise_helpers import first_failure as _first_failure
 
@@ -133,25 +138,36 @@ def test_alibi_slopes_checker():
     assert "not a power of two" in check_alibi_slopes(slopes_no_special_case, quiet=True).text()
 
 
-# ---------------------------------------------------------------------------------- interpolated RoPE (new)
+# ---------------------------------------------------------------------------------- interpolated RoPE
+def interpolated_right(x, train_len):
+    t = x.shape[-2]
+    stretch = max(1.0, t / train_len)  # how much longer than in training
+    return rope_right(x, torch.arange(t, dtype=torch.float64) / stretch)
+
+
+def interpolated_not_scaled(x, train_len):
+    return rope_right(x, torch.arange(x.shape[-2]))
+
+
+def interpolated_always(x, train_len):  # short inputs stretched too
+    return rope_right(x, torch.arange(x.shape[-2]) * (train_len / x.shape[-2]))
+
+
+def interpolated_endpoints(x, train_len):  # last position mapped onto train_len - 1
+    t = x.shape[-2]
+    return rope_right(x, torch.arange(t) * min(1.0, (train_len - 1) / (t - 1)))
+
+
+def interpolated_integer_positions(x, train_len):  # squeezed, then rounded down to whole positions
+    t = x.shape[-2]
+    return rope_right(x, (torch.arange(t) * min(1.0, train_len / t)).floor())
+
+
 def test_interpolated_rope_checker():
-    import torch
-
-    from transformer_book.exercises.ch03 import check_interpolated_rope
-    from transformer_book.positional import apply_rope
-
-    def interpolated_rope(x, train_len):
-        t = x.shape[-2]
-        return apply_rope(x, torch.arange(t, dtype=torch.float32) * min(1.0, train_len / t))
-
-    assert check_interpolated_rope(interpolated_rope, quiet=True).passed
-    for wrong, named in [
-        (lambda x, L: apply_rope(x, torch.arange(x.shape[-2], dtype=torch.float32)), "not interpolated"),
-        (lambda x, L: apply_rope(x, torch.arange(x.shape[-2], dtype=torch.float32) * (L / x.shape[-2])),
-         "Short inputs must stay"),
-        (lambda x, L: apply_rope(x, torch.arange(x.shape[-2], dtype=torch.float32)
-                                 * min(1.0, (L - 1) / (x.shape[-2] - 1))), "The factor is train_len / T"),
-    ]:
+    assert check_interpolated_rope(interpolated_right, quiet=True).passed
+    for wrong, named in [(interpolated_not_scaled, "not interpolated"), (interpolated_always, "Short inputs must stay"),
+                         (interpolated_endpoints, "The factor is train_len / T")]:
         report = check_interpolated_rope(wrong, quiet=True)
-        failure = next(c for c in report.cases if not c.passed)
-        assert not report.passed and named in failure.hint, (named, report.text())
+        assert not report.passed and named in _first_failure(report).hint, (wrong.__name__, report.text())
+    report = check_interpolated_rope(interpolated_integer_positions, quiet=True)
+    assert not report.passed and "fractional positions are fine" in _first_failure(report).hint
