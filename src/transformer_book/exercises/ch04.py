@@ -55,8 +55,25 @@ def check_sdpa(fn, *, quiet: bool = False) -> CheckReport:
              label="one query, D=1",
              hint="One query of size 1 against six keys: the weights are a softmax over the six keys."),
     ]
+    mistakes = [
+        (lambda q, k, v: _attend(q, k, v, scale=1.0),
+         "The scale is missing: divide the scores q @ k^T by sqrt(D) (D = q.shape[-1]) before the softmax."),
+        (lambda q, k, v: _attend(q, k, v, scale=1.0 / q.shape[-1]),
+         "You divided by D: the scale is 1 / sqrt(D), which keeps the scores' spread near 1."),
+        (lambda q, k, v: _attend(q, k, v, dim=-2),
+         "The softmax ran over the queries (dim=-2): each query's weights must sum to 1 over the keys, "
+         "the last dimension (dim=-1)."),
+        (lambda q, k, v: _attend(q, k, v)[::-1],
+         "The pair is in the wrong order: return (output, weights), the output first."),
+    ]
     return check_function(fn, reference=_sdpa_reference, cases=cases, exercise="ex-04-scaled-attention",
-                          quiet=quiet)
+                          quiet=quiet, mistakes=mistakes)
+
+
+def _attend(q, k, v, scale=None, dim=-1):  # the mistakes' attention: another scale or softmax axis
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    weights = torch.softmax(q @ k.transpose(-2, -1) * scale, dim=dim)
+    return weights @ v, weights
 
 
 def check_split_heads(fn, *, quiet: bool = False) -> CheckReport:
@@ -69,8 +86,18 @@ def check_split_heads(fn, *, quiet: bool = False) -> CheckReport:
         Case(args=(_randn(3, 4, 8, seed=2), 1), label="one head", hint="With H=1 the result is x[:, None]."),
         Case(args=(_randn(2, 3, 8, seed=3), 8), label="D=1 (H=C)", hint=order_hint),
     ]
+    mistakes = [
+        (lambda x, h: x.reshape(x.shape[0], h, x.shape[1], x.shape[2] // h),
+         "You reshaped straight to (B, H, T, D): that cuts the sequence, not the channels, into heads. "
+         "View as (B, T, H, D) first, then swap the T and H axes (transpose(1, 2))."),
+        (lambda x, h: x.view(x.shape[0], x.shape[1], x.shape[2] // h, h).permute(0, 3, 1, 2),
+         "Head h got every H-th channel (h, h + H, ...): it must own one contiguous block, channels "
+         "h*D ... (h+1)*D - 1, so view as (B, T, H, D), heads before channels."),
+        (lambda x, h: x.view(x.shape[0], x.shape[1], h, x.shape[2] // h),
+         "The head axis is still after T: swap them (transpose(1, 2)) to get (B, H, T, D)."),
+    ]
     return check_function(fn, reference=split_heads, cases=cases, exercise="ex-04-split-merge-heads",
-                          quiet=quiet)
+                          quiet=quiet, mistakes=mistakes)
 
 
 def check_merge_heads(fn, *, quiet: bool = False) -> CheckReport:
@@ -84,8 +111,18 @@ def check_merge_heads(fn, *, quiet: bool = False) -> CheckReport:
         Case(args=(_randn(1, 1, 3, 6, seed=2),), label="one head", hint=order_hint),
         Case(args=(_randn(2, 8, 3, 1, seed=3),), label="D=1", hint=order_hint),
     ]
+    mistakes = [
+        (lambda x: x.reshape(x.shape[0], x.shape[2], -1),
+         "You reshaped without moving the head axis back: that mixes positions into channels. Swap H "
+         "and T first (transpose(1, 2)), then reshape to (B, T, H * D)."),
+        (lambda x: x.permute(0, 2, 3, 1).reshape(x.shape[0], x.shape[2], -1),
+         "The channels came out interleaved (channel d of every head, then d + 1, ...): the heads' blocks "
+         "must follow each other, so the axes go (B, T, H, D) before the reshape."),
+        (lambda x: x.transpose(1, 2),
+         "The heads are not merged: after swapping H and T, reshape (B, T, H, D) into (B, T, H * D)."),
+    ]
     return check_function(fn, reference=merge_heads, cases=cases, exercise="ex-04-split-merge-heads",
-                          quiet=quiet)
+                          quiet=quiet, mistakes=mistakes)
 
 
 def check_repeat_kv(fn, *, quiet: bool = False) -> CheckReport:
@@ -99,7 +136,17 @@ def check_repeat_kv(fn, *, quiet: bool = False) -> CheckReport:
         Case(args=(_randn(2, 4, 3, 2, seed=3), 1), label="n_rep=1 (ordinary MHA)",
              hint="With n_rep=1 nothing changes."),
     ]
-    return check_function(fn, reference=repeat_kv, cases=cases, exercise="ex-04-repeat-kv", quiet=quiet)
+    mistakes = [
+        (lambda x, n: x.repeat(1, n, 1, 1),
+         "The whole stack of heads was repeated (0, 1, 2, 0, 1, 2): the copies of one head must sit next "
+         "to each other (0, 0, 1, 1, 2, 2), so that output head h reads input head h // n_rep."),
+        (lambda x, n: x.repeat_interleave(n, dim=2),
+         "You repeated along the positions (dim 2): the heads are dim 1 of (B, H_kv, T, D)."),
+        (lambda x, n: x,
+         "The input came back unchanged: the output has H_kv * n_rep heads, n_rep copies of each."),
+    ]
+    return check_function(fn, reference=repeat_kv, cases=cases, exercise="ex-04-repeat-kv", quiet=quiet,
+                          mistakes=mistakes)
 
 
 def check_param_count(fn, *, quiet: bool = False) -> CheckReport:
@@ -112,8 +159,9 @@ def check_param_count(fn, *, quiet: bool = False) -> CheckReport:
         cases.append(Case(args=(d_model, n_heads, n_kv_heads, bias),
                           expected=sum(p.numel() for p in module.parameters()),
                           label=f"{kind} d_model={d_model}, H={n_heads}, H_kv={n_kv_heads}, bias={bias}",
-                          hint=("q_proj and out_proj: d_model*d_model weights; k_proj and v_proj: "
-                                "d_model*(n_kv_heads*d_model/n_heads); biases: one per output channel.")))
+                          hint=("Count each of the four nn.Linear projections: in_features * out_features "
+                                "weights, plus out_features biases when bias is true. What are the output "
+                                "widths of k_proj and v_proj when a head has d_model / n_heads channels?")))
     def kv_dim(d, h, kv):
         return kv * (d // h)
 
