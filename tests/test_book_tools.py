@@ -126,6 +126,47 @@ def test_stamp_adds_badge_and_setup_cell_idempotently(tmp_path):
     assert cells[2]["outputs"] == []
 
 
+def _exercise_cells(number: str, label: str) -> list[dict]:
+    def cell(kind: str, cid: str, text: str, *tags: str) -> dict:
+        out = {"cell_type": kind, "id": cid, "metadata": {"tags": list(tags)} if tags else {}, "source": text}
+        return out | ({"outputs": [], "execution_count": None} if kind == "code" else {})
+    return [cell("markdown", f"s{label}", f"### Exercise {number}: T\n<!-- exercise: {label} -->\n\nWrite f."),
+            cell("markdown", f"a{label}", f"#### Solution\n<!-- solution-start: {label} -->"),
+            cell("code", f"b{label}", 'def f(x):\n    """Two x."""\n    return 2 * x', "solution"),
+            cell("markdown", f"c{label}", "#### Check\n<!-- solution-end -->"),
+            cell("code", f"d{label}", "check(f)", "check")]
+
+
+def test_stamp_numbers_exercises_per_chapter_and_folds_solutions(tmp_path):
+    path = tmp_path / "97_exercises.ipynb"
+    nb = _minimal_notebook(path)
+    nb["cells"] += _exercise_cells("97.2", "ex-97-a") + _exercise_cells("3.1", "ex-97-b")
+    path.write_text(json.dumps(nb))
+    found = "\n".join(notebooks_tool.problems(path))
+    for expected in ["exercise ex-97-a is numbered 97.2, expected 97.1",
+                     "exercise ex-97-b is numbered 3.1, expected 97.2",
+                     "solution of ex-97-a lacks its '# @title' fold line",
+                     "solution of ex-97-b is not folded"]:
+        assert expected in found, f"missing {expected!r} in:\n{found}"
+    notebooks_tool.stamp(path)
+    assert notebooks_tool.problems(path) == []
+    cells = json.loads(path.read_text())["cells"]
+    headings = [notebooks_tool._source(c).splitlines()[0] for c in cells if "<!-- exercise:" in notebooks_tool._source(c)]
+    assert headings == ["### Exercise 97.1: T", "### Exercise 97.2: T"]
+    solution = next(c for c in cells if "solution" in c["metadata"].get("tags", []))
+    assert solution["metadata"]["cellView"] == "form" and solution["metadata"]["jupyter"]["source_hidden"]
+    assert notebooks_tool._source(solution).startswith("# @title Solution")
+
+
+def test_hygiene_refuses_the_old_directive_form(tmp_path):
+    path = tmp_path / "96_old.ipynb"
+    nb = _minimal_notebook(path)
+    nb["cells"].append({"cell_type": "markdown", "id": "old", "metadata": {},
+                        "source": "```{exercise} Old\n:label: ex-96-old\n\nWrite f.\n```"})
+    path.write_text(json.dumps(nb))
+    assert any("cell 3 writes an exercise as a Sphinx directive" in m for m in notebooks_tool.problems(path))
+
+
 def test_every_chapter_notebook_is_clean():
     found = [m for p in CHAPTERS for m in notebooks_tool.problems(p)]
     assert found == []

@@ -40,14 +40,14 @@ def code(text: str, *tags: str) -> dict:
 
 
 def exercise(label: str, title: str = "Title") -> dict:
-    return md(f"{F}{{exercise}} {title}\n:label: {label}\n\nWrite it.\n{F}")
+    return md(f"### Exercise 9.1: {title}\n<!-- exercise: {label} -->\n\nWrite it.")
 
 
 def start(label: str) -> dict:
-    return md(f"{F}{{solution-start}} {label}\n:class: dropdown\n{F}")
+    return md(f"#### Solution\n<!-- solution-start: {label} -->\n\nFolded in Jupyter.")
 
 
-END = md(f"{F}{{solution-end}}\n{F}")
+END = md("#### Check\n<!-- solution-end -->")
 SOLVED = 'def f(x):\n    """Double x."""\n    return 2 * x'
 
 
@@ -173,10 +173,10 @@ def test_parse_fixture():
         ("Softmax with a temperature", 5, 6, [7], [8], 9, [10])
 
 
-def test_colon_fence_and_prose_only_exercise():
-    nb = notebook(md(":::{exercise} Think\n:label: ex-01-think\nWhy?\n:::"),
-                  md(":::{solution-start} ex-01-think\n:class: dropdown\n:::"), md("Because."),
-                  md(":::{solution-end}\n:::"))
+def test_prose_only_exercise():
+    nb = notebook(md("## Exercise 1.1: Think\n<!-- exercise: ex-01-think -->\nWhy?"),
+                  md("<!-- solution-start: ex-01-think -->"), md("Because."),
+                  md("<!-- solution-end -->"))
     (ex,) = parse_exercises(nb)
     assert ex.label == "ex-01-think" and ex.notes == [3] and ex.solutions == []
 
@@ -196,20 +196,52 @@ def test_colon_fence_and_prose_only_exercise():
     ([exercise("ex-01-f"), exercise("ex-01-g"), start("ex-01-f")],
      r"nb: cell 3: solution-start for 'ex-01-f' must follow that exercise"),
     ([code("check(f)", "check")], r"nb: cell 1: check cell before any exercise cell"),
-    ([md(f"{F}{{exercise}} No label\nWrite.\n{F}")], r"nb: cell 1: exercise directive has no ':label:"),
+    ([md("### Exercise 1.1: No label\nWrite.")], r"nb: cell 1: exercise heading has no '<!-- exercise: "),
     ([exercise("softmax")], r"nb: cell 1: exercise label 'softmax' should look like 'ex-01-short-name'"),
     ([exercise("ex-01-f"), start("ex-01-f"), exercise("ex-01-g")],
-     r"nb: cell 3: exercise directive inside the solution of 'ex-01-f' \(cell 2\)"),
+     r"nb: cell 3: exercise heading inside the solution of 'ex-01-f' \(cell 2\)"),
     ([exercise("ex-01-f"), start("ex-01-f"), END], r"nb: cell 3: the solution of 'ex-01-f' is empty"),
     ([exercise("ex-01-f"), start("ex-01-f"), start("ex-01-f")], r"nb: cell 3: solution-start while the solution"),
     ([exercise("ex-01-f"), start("ex-01-f"), code(SOLVED, "solution", "check"), END],
      r"nb: cell 3: tagged both 'solution' and 'check'"),
-    ([md(f"{F}{{exercise}} A\n:label: ex-01-a\n{F}\n{F}{{solution-start}} ex-01-a\n{F}")],
-     r"nb: cell 1: holds more than one exercise/solution-start/solution-end directive"),
+    ([md("### Exercise 1.1: A\n<!-- exercise: ex-01-a -->\n<!-- solution-start: ex-01-a -->")],
+     r"nb: cell 1: holds more than one exercise heading/solution-start/solution-end marker"),
 ])
 def test_malformed_notebooks_are_refused(cells, match):
     with pytest.raises(ExerciseFormatError, match=match):
         parse_exercises(notebook(*cells), "nb")
+
+
+# --------------------------------------------------------------------------- the website's form
+
+def test_site_notebook_writes_sphinx_exercise_directives():
+    nb = notebook(exercise("ex-09-f", "Double it"), start("ex-09-f"),
+                  code("# @title Solution (folded)\n" + SOLVED, "solution"), END, code("check(f)", "check"))
+    before = copy.deepcopy(nb)
+    out = classroom.site_notebook(nb)
+    assert nb == before  # a new notebook; the input is not changed
+    assert [classroom._source(c) for c in out["cells"][1:]] == [
+        f"{F}{{exercise}} Double it\n:label: ex-09-f\n\nWrite it.\n{F}",
+        f"{F}{{solution-start}} ex-09-f\n:class: dropdown\n{F}",
+        SOLVED,  # Colab's fold line is not shown on the site
+        f"{F}{{solution-end}}\n{F}",
+        "check(f)",
+    ]
+
+
+def test_site_notebook_fences_a_statement_that_holds_code():
+    nb = notebook(md(f"### Exercise 9.1: Code\n<!-- exercise: ex-09-c -->\n\nLike this:\n\n{F}python\nf(2)\n{F}"))
+    text = classroom._source(classroom.site_notebook(nb)["cells"][1])
+    assert text.startswith("````{exercise} Code\n:label: ex-09-c\n") and text.endswith(f"{F}python\nf(2)\n{F}\n````")
+
+
+def test_student_stub_is_not_folded():
+    solved = code("# @title Solution (folded)\n" + SOLVED, "solution")
+    solved["metadata"].update({"cellView": "form", "jupyter": {"source_hidden": True}})
+    out = student_notebook(notebook(exercise("ex-09-f"), start("ex-09-f"), solved, END, code("check(f)", "check")))
+    (stub,) = [c for c in out["cells"] if "exercise" in c["metadata"].get("tags", [])]
+    assert "cellView" not in stub["metadata"] and not stub["metadata"]["jupyter"].get("source_hidden")
+    assert "@title" not in classroom._source(stub) and "raise NotImplementedError" in classroom._source(stub)
 
 
 # --------------------------------------------------------------------------- the editions
@@ -232,7 +264,7 @@ def test_student_edition_of_fixture():
     assert [classroom._source(c).count("raise NotImplementedError") for c in stubs] == [1, 1]
     assert all("solution" not in c.get("metadata", {}).get("tags", []) for c in out["cells"])
     # the statements and the checks stay
-    assert sum("{exercise}" in s for s in sources) == 2
+    assert sum("<!-- exercise:" in s for s in sources) == 2
     assert [s for s in sources if s.startswith("check_")] == ["check_softmax_t(softmax_t)", "check_merge_pair(merge_pair)"]
     assert all(not c.get("outputs") and c.get("execution_count") is None
                for c in out["cells"] if c["cell_type"] == "code")

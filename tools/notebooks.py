@@ -1,11 +1,13 @@
 """Stamp and check the chapter notebooks.
 
-    python tools/notebooks.py stamp chapters/01_seq2seq_attention.ipynb   # add/refresh badge + set-up cell
+    python tools/notebooks.py stamp chapters/01_seq2seq_attention.ipynb   # badge, set-up cell, exercises
     python tools/notebooks.py strip  [NOTEBOOKS...]                        # remove outputs
     python tools/notebooks.py check  [NOTEBOOKS...]                        # hygiene (the test run calls this)
 
 The repository's address lives in one place, ``_config.yml``; the badge and the set-up cell
 of every notebook are written from it, and ``check`` fails when a notebook disagrees.
+``stamp`` also numbers the exercises per chapter (the website numbers them the same way) and
+folds their solution cells in JupyterLab and Colab.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import sys
 from pathlib import Path
 
 import yaml
+
+from transformer_book.classroom import ExerciseFormatError, parse_exercises
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Code cells stay within this many columns (the website shows 88 without scrolling).
@@ -99,6 +103,43 @@ def _new_id(nb: dict, base: str) -> str:
     return f"{base}-{i}" if i else base
 
 
+#: First line of a solution cell: with ``cellView: form`` it folds the cell in Colab.
+SOLUTION_FOLD = "# @title Solution (folded: write yours first, then unfold to compare)"
+_OLD_DIRECTIVE = re.compile(r"\{(?:exercise|solution-start|solution-end)\}")
+
+
+def chapter_key(path: Path) -> str:
+    """'08_kv_cache.ipynb' -> '8', 'A1_scaling_out.ipynb' -> 'A1': the chapter in exercise numbers."""
+    head = path.name.split("_", 1)[0]
+    return head.lstrip("0") if head.isdigit() else head
+
+
+def fix_exercises(nb: dict, path: Path) -> list[str]:
+    """Number the exercises N.1, N.2, ... and fold their solution cells, in place.
+
+    Returns what was out of place (empty when the notebook was already right).
+    """
+    changed = []
+    for k, ex in enumerate(parse_exercises(nb, path.name), start=1):
+        number = f"{chapter_key(path)}.{k}"
+        if ex.number != number:
+            cell = nb["cells"][ex.statement]
+            cell["source"] = _source(cell).replace(f"Exercise {ex.number}:", f"Exercise {number}:", 1)
+            changed.append(f"cell {ex.statement}: exercise {ex.label} is numbered {ex.number}, "
+                           f"expected {number}")
+        for i in ex.solutions:
+            cell = nb["cells"][i]
+            meta = cell.setdefault("metadata", {})
+            if not _source(cell).startswith("# @title"):
+                cell["source"] = SOLUTION_FOLD + "\n" + _source(cell)
+                changed.append(f"cell {i}: solution of {ex.label} lacks its '# @title' fold line")
+            if meta.get("cellView") != "form" or not meta.get("jupyter", {}).get("source_hidden"):
+                meta["cellView"] = "form"
+                meta.setdefault("jupyter", {})["source_hidden"] = True
+                changed.append(f"cell {i}: solution of {ex.label} is not folded")
+    return changed
+
+
 def strip(nb: dict) -> dict:
     for cell in nb["cells"]:
         if cell["cell_type"] == "code":
@@ -133,6 +174,7 @@ def stamp(path: Path) -> None:
     nb["metadata"]["language_info"] = {"name": "python"}
     nb["metadata"].setdefault("colab", {"provenance": []})
     nb["nbformat"], nb["nbformat_minor"] = 4, max(5, nb.get("nbformat_minor", 5))
+    fix_exercises(nb, path)
     _save(path, strip(nb))
 
 
@@ -186,6 +228,14 @@ def problems(path: Path) -> list[str]:
                 out.append(f"{where}: cell {i} installs packages; only the set-up cell may")
         elif "attachments" in cell and cell["attachments"]:
             out.append(f"{where}: cell {i} has attachments; put images under book/_static")
+        if cell["cell_type"] == "markdown" and _OLD_DIRECTIVE.search(_source(cell)):
+            out.append(f"{where}: cell {i} writes an exercise as a Sphinx directive; use the "
+                       f"plain-Markdown form (CONTRIBUTING.md, 'Exercises')")
+    try:
+        out += [f"{where}: {msg}; run tools/notebooks.py stamp"
+                for msg in fix_exercises(json.loads(json.dumps(nb)), path)]
+    except ExerciseFormatError as err:
+        out.append(str(err))
     return out
 
 

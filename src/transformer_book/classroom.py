@@ -9,14 +9,21 @@
 Without NOTEBOOKS, every ``chapters/*.ipynb`` (of the current directory, else of the repository
 this package lives in) is used.
 
-An exercise in a chapter notebook is a run of cells (CONTRIBUTING.md, "Exercises"):
+An exercise in a chapter notebook is a run of cells (CONTRIBUTING.md, "Exercises"), written as
+plain Markdown so that it reads well in Jupyter and Colab, where no Sphinx directive renders:
 
-1. markdown with an ``{exercise}`` directive and a ``:label: ex-NN-name``;
-2. markdown ``{solution-start} ex-NN-name`` (with ``:class: dropdown``);
+1. markdown, the statement: a heading ``### Exercise N.K: Title`` and a comment
+   ``<!-- exercise: ex-NN-name -->`` (the label), then the text;
+2. markdown ``#### Solution`` with ``<!-- solution-start: ex-NN-name -->``;
 3. code cell(s) tagged ``solution``: top-level ``def``s (or classes) with docstrings, solved;
-   markdown cells in between explain the solution;
-4. markdown ``{solution-end}``;
+   their input is folded in JupyterLab (``jupyter.source_hidden``) and Colab (``cellView: form``
+   with a ``# @title`` line); markdown cells in between explain the solution;
+4. markdown ``#### Check`` with ``<!-- solution-end -->``;
 5. a code cell tagged ``check`` that calls the chapter's checker.
+
+On the website (:func:`site_notebook`, called by ``book/_ext/exercise_numbers.py`` as each
+notebook is read) the statement becomes a sphinx-exercise ``{exercise}`` directive and the
+solution a ``{solution-start}`` / ``{solution-end}`` drop-down, numbered per chapter.
 
 The **student edition** keeps everything except the solutions:
 
@@ -77,6 +84,7 @@ __all__ = [
     "parse_exercises",
     "stub_solution",
     "student_notebook",
+    "site_notebook",
     "solutions_notebook",
     "write_edition",
     "grade_notebook",
@@ -90,11 +98,13 @@ __all__ = [
 ]
 
 SOLUTION_TAG, CHECK_TAG, EXERCISE_TAG = "solution", "check", "exercise"
-_FENCE = r"^[ \t]*(?:`{3,}|:{3,})[ \t]*"
-_EXERCISE_RE = re.compile(_FENCE + r"\{exercise\}(?P<title>[^\n]*)$", re.M)
-_LABEL_RE = re.compile(r"^[ \t]*:label:[ \t]*(?P<label>\S+)[ \t]*$", re.M)
-_START_RE = re.compile(_FENCE + r"\{solution-start\}[ \t]*(?P<label>\S*)", re.M)
-_END_RE = re.compile(_FENCE + r"\{solution-end\}", re.M)
+# The Markdown that marks an exercise's cells (see the module docstring).
+_EXERCISE_RE = re.compile(r"^[ \t]*#{2,4}[ \t]+Exercise[ \t]+(?P<number>[A-Z]?\d+\.\d+)[ \t]*:[ \t]*"
+                          r"(?P<title>[^\n]*)$", re.M)
+_LABEL_RE = re.compile(r"<!--[ \t]*exercise:[ \t]*(?P<label>\S+)[ \t]*-->")
+_START_RE = re.compile(r"<!--[ \t]*solution-start:[ \t]*(?P<label>\S*)[ \t]*-->")
+_END_RE = re.compile(r"<!--[ \t]*solution-end[ \t]*-->")
+_TITLE_LINE_RE = re.compile(r"^# @title[^\n]*\n?")  # Colab's fold line of a solution cell
 _LABEL_OK = re.compile(r"^ex-[A-Za-z0-9][\w-]*$")
 _BADGE_RE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\((?P<url>[^)]*)\)")
 VERDICT_RE = re.compile(
@@ -122,9 +132,10 @@ class Exercise:
 
     label: str
     title: str
-    statement: int  # the markdown cell with the {exercise} directive
-    start: int | None = None  # {solution-start}
-    end: int | None = None  # {solution-end}
+    statement: int  # the markdown cell with the "### Exercise N.K: Title" heading
+    number: str = ""  # "N.K" as the heading writes it
+    start: int | None = None  # "#### Solution" (solution-start)
+    end: int | None = None  # "#### Check" (solution-end)
     solutions: list[int] = field(default_factory=list)  # code cells tagged "solution"
     notes: list[int] = field(default_factory=list)  # markdown between start and end
     checks: list[int] = field(default_factory=list)  # code cells tagged "check"
@@ -157,23 +168,26 @@ def parse_exercises(nb: dict, where: str = "notebook") -> list[Exercise]:
         if kind == "markdown":
             n_ex, n_start, n_end = len(_EXERCISE_RE.findall(text)), len(_START_RE.findall(text)), len(_END_RE.findall(text))
             if n_ex + n_start + n_end > 1:
-                raise ExerciseFormatError(f"{at}: holds more than one exercise/solution-start/solution-end "
-                                          f"directive; put each in its own markdown cell")
+                raise ExerciseFormatError(f"{at}: holds more than one exercise heading/solution-start/"
+                                          f"solution-end marker; put each in its own markdown cell")
             if n_ex:
                 if open_block is not None:
-                    raise ExerciseFormatError(f"{at}: exercise directive inside the solution of "
+                    raise ExerciseFormatError(f"{at}: exercise heading inside the solution of "
                                               f"{open_block.label!r} (cell {open_block.start}); close it "
                                               f"with a solution-end cell first")
                 m = _LABEL_RE.search(text)
                 if not m:
-                    raise ExerciseFormatError(f"{at}: exercise directive has no ':label: ex-NN-name' line")
+                    raise ExerciseFormatError(f"{at}: exercise heading has no '<!-- exercise: ex-NN-name -->' "
+                                              f"label line")
                 label = m.group("label")
                 if not _LABEL_OK.match(label):
                     raise ExerciseFormatError(f"{at}: exercise label {label!r} should look like 'ex-01-short-name'")
                 if label in exercises:
                     raise ExerciseFormatError(f"{at}: exercise label {label!r} is used twice "
                                               f"(first in cell {exercises[label].statement})")
-                current = Exercise(label=label, title=_EXERCISE_RE.search(text).group("title").strip(), statement=i)
+                heading = _EXERCISE_RE.search(text)
+                current = Exercise(label=label, title=heading.group("title").strip(), statement=i,
+                                   number=heading.group("number"))
                 exercises[label] = current
                 order.append(current)
             elif n_start:
@@ -389,7 +403,10 @@ def student_notebook(nb: dict, *, where: str = "notebook", name: str | None = No
             cell = out["cells"][i]
             cell["source"] = stub_solution(_source(cell), ex.label, where=f"{where}: cell {i}")
             tags = [t for t in _tags(cell) if t != SOLUTION_TAG]
-            cell.setdefault("metadata", {})["tags"] = tags + ([EXERCISE_TAG] if EXERCISE_TAG not in tags else [])
+            meta = cell.setdefault("metadata", {})
+            meta["tags"] = tags + ([EXERCISE_TAG] if EXERCISE_TAG not in tags else [])
+            meta.pop("cellView", None)  # the learner's cell is theirs to write: not folded
+            meta.get("jupyter", {}).pop("source_hidden", None)
     out["cells"] = [c for i, c in enumerate(out["cells"]) if i not in drop]
     for cell in out["cells"]:
         if cell.get("cell_type") == "markdown":
@@ -411,6 +428,41 @@ def student_notebook(nb: dict, *, where: str = "notebook", name: str | None = No
         lines = text.split("\n")
         first["source"] = "\n".join(lines[:1] + ["", STUDENT_NOTE] + lines[1:])
     return _clear_outputs(out)
+
+
+
+def _fence_for(text: str) -> str:
+    """A backtick fence longer than any run of backticks in ``text`` (at least three)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def site_notebook(nb: dict, *, where: str = "notebook") -> dict:
+    """The notebook as the website reads it (a new dict; ``nb`` is not changed).
+
+    Each exercise's plain-Markdown cells become sphinx-exercise directives: the statement an
+    ``{exercise}`` with its title and label (the heading and the label comment are dropped:
+    the directive numbers and titles it), the ``#### Solution`` cell a ``{solution-start}``
+    drop-down and the ``#### Check`` cell its ``{solution-end}``; markdown after the marker in
+    those two cells is for Jupyter readers and is dropped. Solution cells lose Colab's
+    ``# @title`` fold line.
+    """
+    out = copy.deepcopy(nb)
+    cells = out["cells"]
+    for ex in parse_exercises(nb, where):
+        cell = cells[ex.statement]
+        text = _source(cell)
+        heading = _EXERCISE_RE.search(text)
+        body = (text[: heading.start()] + text[heading.end():]).strip("\n")
+        body = _LABEL_RE.sub("", body).strip("\n")
+        fence = _fence_for(body)
+        cell["source"] = f"{fence}{{exercise}} {ex.title}\n:label: {ex.label}\n\n{body}\n{fence}"
+        if ex.start is not None:
+            cells[ex.start]["source"] = f"```{{solution-start}} {ex.label}\n:class: dropdown\n```"
+            cells[ex.end]["source"] = "```{solution-end}\n```"
+        for i in ex.solutions:
+            cells[i]["source"] = _TITLE_LINE_RE.sub("", _source(cells[i]), count=1)
+    return out
 
 
 # Sentences about the website's solution toggles are false in Jupyter and Colab, where the
