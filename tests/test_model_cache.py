@@ -162,6 +162,16 @@ def test_describe():
     assert "trained in 3 s" in model_cache.describe({"from_cache": False, "build_seconds": 3.2, "cache_path": "/x"})
 
 
+def test_messages_show_the_home_folder_as_a_tilde(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    root = tmp_path / "cache"
+    _get(root, Builder())  # a miss: "no entry at ..." and "saved ... to ..."
+    _, info = _get(root, Builder())  # a hit: "loaded ... from ..."
+    said = capsys.readouterr().out + model_cache.describe(info)
+    assert "~/cache" in said and str(tmp_path) not in said
+    assert model_cache.describe({"from_cache": True, "cache_path": "/elsewhere/x.pt"}).endswith("/elsewhere/x.pt")
+
+
 # --------------------------------------------------------------------------- issue 10: any corrupt entry is rebuilt
 def _tamper(tmp_path, mutate):
     path = entry_path("tiny", RECIPE, 0, tmp_path)

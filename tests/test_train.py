@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -380,3 +383,23 @@ def test_train_bad_inputs_name_the_argument():
         clip_gradients(3, 1.0)
     with pytest.raises(ValueError, match="d must hold 'steps'"):
         History.from_dict({})
+
+
+_BAR_SCRIPT = """
+import sys, torch
+from torch import nn
+from transformer_book.train import train_loop
+model = nn.Linear(2, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+train_loop(model, [torch.ones(4, 2)], lambda m, b: m(b).sum(), opt, steps=2, desc="bar?",
+           progress=sys.argv[1] == "True")
+"""
+
+
+@pytest.mark.parametrize("env, progress, shown", [("", True, True), ("1", True, False), ("", False, False)])
+def test_train_loop_bar_honours_progress_and_tqdm_disable(env, progress, shown):
+    # tqdm reads TQDM_* when it is imported, so each case runs in a fresh interpreter
+    environ = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"} | ({"TQDM_DISABLE": env} if env else {})
+    run = subprocess.run([sys.executable, "-c", _BAR_SCRIPT, str(progress)], env=environ,
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert ("bar?" in run.stderr) is shown

@@ -72,9 +72,15 @@ def entry_path(name: str, recipe: Mapping, seed: int, root: str | os.PathLike | 
     return root / f"{name}-{recipe_key(recipe, seed)}.pt"
 
 
+def _tilde(text: str) -> str:
+    """Text as a reader should see it: paths under the home folder start with ~ (no build-machine paths)."""
+    home = str(Path.home()).rstrip("/")
+    return text.replace(home + "/", "~/") if home else text
+
+
 def _say(verbose: bool, message: str) -> None:
     if verbose:
-        print(f"[model cache] {message}", flush=True)
+        print(f"[model cache] {_tilde(message)}", flush=True)
 
 
 def _try_load(path: Path, recipe: Mapping, seed: int, make_model: Callable[[dict], nn.Module],
@@ -181,7 +187,7 @@ def clear_entry(name: str, recipe: Mapping, seed: int, root: str | os.PathLike |
 
 def describe(info: Mapping[str, Any]) -> str:
     """One line about where a model came from, for a notebook to print."""
-    where = info.get("cache_path")
+    where = info.get("cache_path") and _tilde(str(info["cache_path"]))
     if info.get("from_cache"):
         return f"loaded from the cache: {where}"
     trained = f"trained in {info.get('build_seconds', float('nan')):.0f} s"

@@ -492,7 +492,9 @@ def train_model(
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     model.train()
-    bar = tqdm(total=epochs * steps_per_epoch, desc=desc or f"training ({model.kind})", disable=not progress)
+    # progress=False hides the bar; otherwise tqdm decides, so TQDM_DISABLE=1 is honoured
+    bar = tqdm(total=epochs * steps_per_epoch, desc=desc or f"training ({model.kind})",
+               **({} if progress else {"disable": True}))
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator).to(device)
         for start in range(0, n, batch_size):

@@ -521,7 +521,8 @@ def train_loop(
 
     model.train()
     stream = batch_stream()
-    bar = tqdm(range(start, start + steps), desc=desc, disable=not progress, leave=False)
+    # progress=False hides the bar; otherwise tqdm decides, so TQDM_DISABLE=1 is honoured
+    bar = tqdm(range(start, start + steps), desc=desc, leave=False, **({} if progress else {"disable": True}))
     for step in bar:
         loss = loss_fn(model, next(stream))
         if not torch.isfinite(loss):
