@@ -181,7 +181,7 @@ def test_teaching_guide_lists_every_exercise():
     assert [label for label in labels if f"(`{label}`)" not in guide] == [], "add them to book/teaching.md"
 
 
-def test_every_chapter_has_four_exercises_with_levels_and_a_transfer():
+def test_every_chapter_has_four_exercises_at_every_level():
     import re
 
     from transformer_book import classroom
@@ -192,7 +192,8 @@ def test_every_chapter_has_four_exercises_with_levels_and_a_transfer():
                   for e in classroom.parse_exercises(nb, str(path))]
         assert len(levels) >= 4, f"{path.name}: {len(levels)} exercises, expected at least 4"
         assert all(len(found) == 1 for found in levels), f"{path.name}: a statement without one '(Level: ...)'"
-        assert ["transfer"] in levels, f"{path.name}: no transfer exercise"
+        missing = [lv for lv in ("apply", "extend", "transfer") if [lv] not in levels]
+        assert missing == [], f"{path.name}: no exercise of level {', '.join(missing)}"
 
 
 def test_toc_lists_only_pages_that_exist():

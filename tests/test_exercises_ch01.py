@@ -15,7 +15,7 @@ from exercise_helpers import first_failure as _first_failure, run as _run
 torch.set_num_threads(1)
 
 CHECKERS = (ch01.check_additive_score, ch01.check_dot_attention_weights, ch01.check_split_german,
-            ch01.check_general_score)
+            ch01.check_local_p_weights, ch01.check_general_score)
 
 
 def test_not_done_is_reported():
@@ -167,6 +167,125 @@ def test_split_wrong_answers_are_named():
         report = _run(ch01.check_split_german, wrong)
         assert not report.passed and named in _first_failure(report).hint, (wrong.__name__, report.text())
     assert not _run(ch01.check_split_german, lambda word: None).passed
+
+
+# ---------------------------------------------------------------- Luong's local-p attention
+def _local_p_loops(scores, position, width, mask):
+    """Luong et al.'s local-p weights written out position by position, in plain Python floats."""
+    B, T, S = scores.shape
+    out = torch.zeros(B, T, S)
+    sigma = width / 2
+    for b in range(B):
+        for i in range(T):
+            p = float(position[b, i])
+            window = [j for j in range(S) if p - width <= j <= p + width and bool(mask[b, j])]
+            if not window:
+                continue  # nothing to attend to: the row stays 0
+            top = max(float(scores[b, i, j]) for j in window)
+            e = {j: math.exp(float(scores[b, i, j]) - top) for j in window}
+            total = sum(e.values())
+            for j in window:
+                out[b, i, j] = e[j] / total * math.exp(-((j - p) ** 2) / (2 * sigma**2))
+    return out
+
+
+def _local_p_right(scores, position, width, mask):
+    distance = torch.arange(scores.shape[-1]) - position[..., None]  # (B, T, S), float
+    allowed = (distance.abs() <= width) & mask[:, None, :]
+    alpha = scores.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0)
+    return alpha * torch.exp(-distance**2 / (2 * (width / 2) ** 2))
+
+
+def test_local_p_reference_agrees_with_loops():
+    # The checker's reference against the loops, on random inputs (positions, widths, padding) ...
+    g = torch.Generator().manual_seed(0)
+    for B, T, S, width in [(1, 1, 1, 1), (2, 3, 7, 2), (3, 4, 10, 3), (2, 5, 6, 9), (4, 2, 12, 1)]:
+        scores = torch.randn(B, T, S, generator=g) * 3
+        position = torch.rand(B, T, generator=g) * S
+        lengths = torch.randint(1, S + 1, (B,), generator=g)
+        mask = torch.arange(S)[None, :] < lengths[:, None]
+        torch.testing.assert_close(ch01._local_p_reference(scores, position, width, mask),
+                                   _local_p_loops(scores, position, width, mask))
+    # ... and on every case of the checker: the loops, given as an answer, pass.
+    assert _run(ch01.check_local_p_weights, _local_p_loops).passed
+
+
+def test_local_p_right_passes():
+    assert _run(ch01.check_local_p_weights, _local_p_right).passed
+
+
+def test_local_p_wrong_answers_are_named():
+    def gaussian(scores, position, sigma):
+        distance = torch.arange(scores.shape[-1]) - position[..., None]
+        return torch.exp(-distance**2 / (2 * sigma**2))
+
+    def window_softmax(scores, position, width, mask, centre=None):
+        centre = position if centre is None else centre
+        allowed = ((torch.arange(scores.shape[-1]) - centre[..., None]).abs() <= width) & mask[:, None, :]
+        return scores.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0)
+
+    def gaussian_only(scores, position, width, mask):  # no window
+        alpha = scores.masked_fill(~mask[:, None, :], float("-inf")).softmax(-1)
+        return alpha * gaussian(scores, position, width / 2)
+
+    def softmax_then_cut(scores, position, width, mask):
+        inside = (torch.arange(scores.shape[-1]) - position[..., None]).abs() <= width
+        return gaussian_only(scores, position, width, mask) * inside
+
+    def renormalised(scores, position, width, mask):
+        a = window_softmax(scores, position, width, mask) * gaussian(scores, position, width / 2)
+        return a / a.sum(-1, keepdim=True)
+
+    def sigma_is_width(scores, position, width, mask):
+        return window_softmax(scores, position, width, mask) * gaussian(scores, position, width)
+
+    def sigma_floor_divided(scores, position, width, mask):
+        return window_softmax(scores, position, width, mask) * gaussian(scores, position, width // 2)
+
+    def window_around_round(scores, position, width, mask):
+        return (window_softmax(scores, position, width, mask, centre=position.round())
+                * gaussian(scores, position, width / 2))
+
+    def window_around_int(scores, position, width, mask):  # int(p): the window's centre truncated
+        return (window_softmax(scores, position, width, mask, centre=position.long().float())
+                * gaussian(scores, position, width / 2))
+
+    def open_window(scores, position, width, mask):
+        distance = torch.arange(scores.shape[-1]) - position[..., None]
+        allowed = (distance.abs() < width) & mask[:, None, :]
+        alpha = scores.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0)
+        return alpha * gaussian(scores, position, width / 2)
+
+    def ignores_mask(scores, position, width, mask):
+        return _local_p_right(scores, position, width, torch.ones_like(mask))
+
+    for wrong, named in [(gaussian_only, "No window"), (softmax_then_cut, "softmax over the whole source"),
+                         (renormalised, "renormalised after the Gaussian"), (sigma_is_width, "sigma is D / 2, not D"),
+                         (sigma_floor_divided, "width // 2 rounds it down"),
+                         (window_around_round, "built around a rounded p"),
+                         (window_around_int, "built around a rounded p"),
+                         (open_window, "closed interval"), (ignores_mask, "The mask is ignored")]:
+        report = _run(ch01.check_local_p_weights, wrong)
+        assert not report.passed and named in _first_failure(report).hint, (wrong.__name__, report.text())
+
+    def nan_on_empty_window(scores, position, width, mask):  # no nan_to_num: 0/0 where nothing is left
+        distance = torch.arange(scores.shape[-1]) - position[..., None]
+        allowed = (distance.abs() <= width) & mask[:, None, :]
+        alpha = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+        return alpha * torch.exp(-distance**2 / (2 * (width / 2) ** 2))
+
+    report = _run(ch01.check_local_p_weights, nan_on_empty_window)
+    failure = _first_failure(report)
+    assert report.n_passed == len(report.cases) - 1 and "NaN" in failure.reason and "not NaN" in failure.hint
+
+    def naive_exp(scores, position, width, mask):
+        distance = torch.arange(scores.shape[-1]) - position[..., None]
+        allowed = (distance.abs() <= width) & mask[:, None, :]
+        e = scores.exp() * allowed
+        return (e / e.sum(-1, keepdim=True)).nan_to_num(0.0) * torch.exp(-2 * distance**2 / width**2)
+
+    report = _run(ch01.check_local_p_weights, naive_exp)
+    assert not report.passed and _first_failure(report).label.startswith("large scores")
 
 
 # ---------------------------------------------------------------- Luong's general score

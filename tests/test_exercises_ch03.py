@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from transformer_book.exercises.ch03 import (
     check_alibi_slopes,
     check_interpolated_rope,
+    check_partial_rope,
     check_rope,
     check_sinusoidal,
 )
@@ -136,6 +138,115 @@ def test_alibi_slopes_checker():
         assert not report.passed and "FAILED" in report.text(), wrong.__name__
         assert named in _first_failure(report).hint, (wrong.__name__, report.text())
     assert "not a power of two" in check_alibi_slopes(slopes_no_special_case, quiet=True).text()
+
+
+# ---------------------------------------------------------------------------------- partial RoPE
+def partial_right(x, positions, n_rot):  # written out: rope_right on the slice, the rest kept
+    return torch.cat((rope_right(x[..., :n_rot], positions), x[..., n_rot:]), dim=-1)
+
+
+def partial_loop(x, positions, n_rot):  # one pair at a time, in float64
+    x64, out = x.double(), x.double().clone()
+    for t, p in enumerate(positions.tolist()):
+        for i in range(n_rot // 2):
+            theta = p * 10000.0 ** (-2 * i / n_rot)
+            a, b = x64[..., t, 2 * i], x64[..., t, 2 * i + 1]
+            out[..., t, 2 * i] = a * math.cos(theta) - b * math.sin(theta)
+            out[..., t, 2 * i + 1] = a * math.sin(theta) + b * math.cos(theta)
+    return out.to(x.dtype)
+
+
+def partial_everything(x, positions, n_rot):
+    return rope_right(x, positions)
+
+
+def partial_last(x, positions, n_rot):
+    d = x.shape[-1]
+    return torch.cat((x[..., : d - n_rot], rope_right(x[..., d - n_rot :], positions)), dim=-1)
+
+
+def partial_frequencies_of_d(x, positions, n_rot):  # the full head width D in the exponent
+    d = x.shape[-1]
+    w = 10000 ** (-torch.arange(0, n_rot, 2, dtype=torch.float64) / d)
+    angle = positions.double()[:, None] * w
+    a, b = x[..., 0:n_rot:2].double(), x[..., 1:n_rot:2].double()
+    turned = torch.stack((a * angle.cos() - b * angle.sin(), a * angle.sin() + b * angle.cos()), -1)
+    return torch.cat((turned.flatten(-2).to(x.dtype), x[..., n_rot:]), dim=-1)
+
+
+def partial_half_pairs(x, positions, n_rot):
+    return torch.cat((rope_half_pairs(x[..., :n_rot], positions), x[..., n_rot:]), dim=-1)
+
+
+def partial_todo(x, positions, n_rot):
+    raise NotImplementedError("Exercise ex-03-partial-rope: rotate the first n_rot dimensions")
+
+
+def _gptj_query(x, n_rot):
+    """GPT-J's attention (Hugging Face, from a configuration) with the query projection set to the
+    identity: the query it hands to its attention product is x after GPT-J's partial rotary."""
+    gptj = pytest.importorskip("transformers.models.gptj.modeling_gptj")
+    from transformers import GPTJConfig
+
+    b, h, t, d = x.shape
+    config = GPTJConfig(n_embd=h * d, n_head=h, rotary_dim=n_rot, n_positions=64)
+    attention = gptj.GPTJAttention(config, layer_idx=0).eval()
+    seen = {}
+
+    def capture(query, key, value, attention_mask=None):
+        seen["query"] = query
+        return value, None
+
+    attention._attn = capture
+    with torch.no_grad():
+        attention.q_proj.weight.copy_(torch.eye(h * d))
+        hidden = x.transpose(1, 2).reshape(b, t, h * d)
+        attention(hidden, position_ids=torch.arange(t).expand(b, t))
+    return seen["query"]  # (B, H, T, D)
+
+
+_PARTIAL_SHAPES = [((2, 3, 9, 16), 4), ((1, 2, 7, 12), 6), ((1, 1, 5, 8), 8), ((2, 4, 33, 64), 16)]
+
+
+def test_partial_rope_reference_agrees_with_a_loop():
+    from transformer_book.exercises.ch03 import _partial_rope_reference
+
+    g = torch.Generator().manual_seed(0)
+    for shape, n_rot in _PARTIAL_SHAPES:
+        x, positions = torch.randn(*shape, generator=g), torch.arange(shape[-2]) + 3
+        ours = _partial_rope_reference(x, positions, n_rot)
+        assert ours.shape == x.shape and ours.dtype == x.dtype
+        assert torch.equal(ours[..., n_rot:], x[..., n_rot:])  # passed through, bit for bit
+        torch.testing.assert_close(ours, partial_loop(x, positions, n_rot), atol=1e-5, rtol=1e-5)
+    x = torch.randn(2, 3, 7, 16, generator=g)
+    assert torch.allclose(_partial_rope_reference(x, torch.arange(7), 16), rope_right(x, torch.arange(7)),
+                          atol=1e-6)  # n_rot = D: the whole of ex-03-rope
+
+
+def test_partial_rope_reference_agrees_with_gptj():
+    from transformer_book.exercises.ch03 import _partial_rope_reference
+
+    g = torch.Generator().manual_seed(1)
+    for shape, n_rot in _PARTIAL_SHAPES:
+        x = torch.randn(*shape, generator=g)
+        ours = _partial_rope_reference(x, torch.arange(shape[-2]), n_rot)
+        torch.testing.assert_close(ours, _gptj_query(x, n_rot), atol=1e-5, rtol=1e-5)
+    x = torch.randn(1, 2, 9, 16, generator=g)  # and GPT-J tells the wrong answers apart
+    for wrong in (partial_last, partial_frequencies_of_d, partial_half_pairs, partial_everything):
+        assert not torch.allclose(wrong(x, torch.arange(9), 4), _gptj_query(x, 4), atol=1e-3), wrong.__name__
+
+
+def test_partial_rope_checker():
+    assert check_partial_rope(partial_right, quiet=True).passed
+    assert check_partial_rope(partial_loop, quiet=True).passed
+    for wrong, named in [(partial_everything, "You rotated all D dimensions"),
+                         (partial_last, "You rotated the last n_rot dimensions"),
+                         (partial_frequencies_of_d, "not 10000^(-2i/D)"),
+                         (partial_half_pairs, "'half' layout")]:
+        report = check_partial_rope(wrong, quiet=True)
+        assert not report.passed and "FAILED" in report.text(), wrong.__name__
+        assert named in _first_failure(report).hint, (wrong.__name__, report.text())
+    assert check_partial_rope(partial_todo, quiet=True).not_done
 
 
 # ---------------------------------------------------------------------------------- interpolated RoPE

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from transformer_book.exercises import ch04
 
@@ -204,4 +205,112 @@ def test_softcap_attention_right_and_wrong():
         report = _run(ch04.check_softcap_attention, wrong)
         assert not report.passed and named in _first_failure(report).hint, (wrong.__name__, report.text())
     report = _run(ch04.check_softcap_attention, lambda q, k, v, c: softcap_attention(q, k, v, c)[0])
+    assert "expected a tuple of 2 items" in _first_failure(report).reason
+
+
+# ---------------------------------------------------------------- QK-norm attention
+def _torch_qk_norm(q, k, v, g_q, g_k, eps=1e-6):
+    # PyTorch's own pieces: F.rms_norm over the last dimension, the fused attention for the output,
+    # and the same attention over identity values for the weights (row i of I is one-hot at key i).
+    d, t_k = q.shape[-1], k.shape[-2]
+    q_hat, k_hat = F.rms_norm(q, (d,), g_q, eps), F.rms_norm(k, (d,), g_k, eps)
+    eye = torch.eye(t_k).expand(*k.shape[:-2], t_k, t_k)
+    return F.scaled_dot_product_attention(q_hat, k_hat, v), F.scaled_dot_product_attention(q_hat, k_hat, eye)
+
+
+def test_qk_norm_reference_agrees_with_torch():
+    g = torch.Generator().manual_seed(0)
+    for b, h, t_q, t_k, d, d_v, eps, size in [(2, 3, 4, 4, 8, 8, 1e-6, 1.0), (1, 2, 3, 7, 16, 5, 1e-5, 300.0),
+                                              (3, 1, 1, 2, 4, 2, 0.1, 0.05), (1, 4, 6, 6, 32, 32, 1e-6, 1.0)]:
+        q, k = torch.randn(b, h, t_q, d, generator=g) * size, torch.randn(b, h, t_k, d, generator=g) * size
+        v = torch.randn(b, h, t_k, d_v, generator=g)
+        q[0, 0, 0] = 0.0  # an all-zero query: normalised to zeros, uniform weights
+        g_q, g_k = 1 + 0.5 * torch.randn(d, generator=g), 1 + 0.5 * torch.randn(d, generator=g)
+        ours, theirs = ch04._qk_norm_attention_reference(q, k, v, g_q, g_k, eps), _torch_qk_norm(q, k, v, g_q, g_k, eps)
+        for a, r in zip(ours, theirs):
+            torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ours[1][0, 0, 0], torch.full((t_k,), 1 / t_k))
+        # the point of QK-norm: |score| <= sqrt(D) * max |g_q * g_k|, however large q and k are
+        scores = torch.log(ours[1]) - torch.log(ours[1]).mean(-1, keepdim=True)
+        assert float(scores.abs().max()) <= 2 * math.sqrt(d) * float((g_q * g_k).abs().max()) + 1e-4
+
+
+def test_qk_norm_right_passes_and_stub_is_not_done():
+    def by_hand(q, k, v, g_q, g_k, eps=1e-6):
+        q = g_q * q / torch.sqrt(q.pow(2).mean(-1, keepdim=True) + eps)
+        k = g_k * k / torch.sqrt(k.pow(2).mean(-1, keepdim=True) + eps)
+        w = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+        return w @ v, w
+
+    assert _run(ch04.check_qk_norm_attention, _torch_qk_norm).passed
+    assert _run(ch04.check_qk_norm_attention, by_hand).passed
+
+    def stub(q, k, v, g_q, g_k, eps=1e-6):
+        raise NotImplementedError("Exercise ex-04-qk-norm: write it")
+
+    report = _run(ch04.check_qk_norm_attention, stub)
+    assert report.not_done and "not done yet" in report.text()
+
+
+def _attend_normed(q_hat, k_hat, v, scale=True):
+    s = q_hat @ k_hat.transpose(-2, -1)
+    w = torch.softmax(s / math.sqrt(q_hat.shape[-1]) if scale else s, dim=-1)
+    return w @ v, w
+
+
+def test_qk_norm_wrong_answers_are_named():
+    def rms(x, gain, eps, dim=-1):
+        return gain * x * torch.rsqrt(x.pow(2).mean(dim, keepdim=True) + eps)
+
+    def over_positions(q, k, v, g_q, g_k, eps=1e-6):
+        return _attend_normed(rms(q, g_q, eps, dim=2), rms(k, g_k, eps, dim=2), v)
+
+    def over_heads(q, k, v, g_q, g_k, eps=1e-6):
+        return _attend_normed(rms(q, g_q, eps, dim=1), rms(k, g_k, eps, dim=1), v)
+
+    def layer_norm(q, k, v, g_q, g_k, eps=1e-6):
+        d = q.shape[-1]
+        return _attend_normed(F.layer_norm(q, (d,), g_q, eps=eps), F.layer_norm(k, (d,), g_k, eps=eps), v)
+
+    def one_gain(q, k, v, g_q, g_k, eps=1e-6):
+        return _attend_normed(rms(q, g_q, eps), rms(k, g_q, eps), v)
+
+    def no_gains(q, k, v, g_q, g_k, eps=1e-6):
+        return _attend_normed(rms(q, 1.0, eps), rms(k, 1.0, eps), v)
+
+    def values_too(q, k, v, g_q, g_k, eps=1e-6):
+        return _attend_normed(rms(q, g_q, eps), rms(k, g_k, eps), rms(v, 1.0, eps))
+
+    def eps_outside(q, k, v, g_q, g_k, eps=1e-6):
+        def norm(x, gain):
+            return gain * x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps)
+        return _attend_normed(norm(q, g_q), norm(k, g_k), v)
+
+    def no_eps(q, k, v, g_q, g_k, eps=1e-6):
+        return _attend_normed(rms(q, g_q, 0.0), rms(k, g_k, 0.0), v)
+
+    def unit_length(q, k, v, g_q, g_k, eps=1e-6):
+        return _attend_normed(g_q * F.normalize(q, dim=-1), g_k * F.normalize(k, dim=-1), v)
+
+    def no_scale(q, k, v, g_q, g_k, eps=1e-6):
+        return _attend_normed(rms(q, g_q, eps), rms(k, g_k, eps), v, scale=False)
+
+    def only_queries(q, k, v, g_q, g_k, eps=1e-6):
+        return _attend_normed(rms(q, g_q, eps), k, v)
+
+    for wrong, named in [(over_positions, "over the positions"), (over_heads, "over the heads"),
+                         (layer_norm, "that is LayerNorm"), (one_gain, "The keys were scaled by g_q"),
+                         (no_gains, "The gains are missing"), (values_too, "The values were normalised too"),
+                         (eps_outside, "eps went outside the square root"), (no_eps, "eps is missing"),
+                         (unit_length, "root *mean* square"), (no_scale, "1/sqrt(D) scale is missing"),
+                         (only_queries, "Only the queries were normalised")]:
+        report = _run(ch04.check_qk_norm_attention, wrong)
+        assert not report.passed and named in _first_failure(report).hint, (wrong.__name__, report.text())
+    # eps inside or outside the root differ only where eps is not tiny: the eps=0.1 case catches it
+    report = _run(ch04.check_qk_norm_attention, eps_outside)
+    assert "eps=0.1" in _first_failure(report).label and report.n_passed == 4, report.text()
+    report = _run(ch04.check_qk_norm_attention, no_eps)
+    assert not report.cases[-1].passed and "NaN" in report.cases[-1].reason, report.text()
+    report = _run(ch04.check_qk_norm_attention, lambda q, k, v, g_q, g_k, eps=1e-6: _torch_qk_norm(
+        q, k, v, g_q, g_k, eps)[0])
     assert "expected a tuple of 2 items" in _first_failure(report).reason

@@ -16,8 +16,8 @@ def test_not_done_is_reported():
     def stub(*args):
         raise NotImplementedError("Exercise ex-06-...: write it")
 
-    for checker in (ch06.check_rms_norm, ch06.check_residual, ch06.check_beam_step, ch06.check_label_smoothing,
-                    ch06.check_gnmt_rerank):
+    for checker in (ch06.check_rms_norm, ch06.check_residual, ch06.check_beam_step, ch06.check_beam_step_eos,
+                    ch06.check_label_smoothing, ch06.check_gnmt_rerank):
         report = _run(checker, stub)
         assert report.not_done and "not done yet" in report.text(), checker.__name__
 
@@ -107,6 +107,119 @@ def test_beam_step_right_and_wrong():
                          (transposed_index, "the wrong way round"), (float_indices, "integer tensors"),
                          (ascending, "the *largest* totals")]:
         _assert_named(ch06.check_beam_step, wrong, named)
+
+
+# ---------------------------------------------------------------- beam step that refills after <eos>
+def _refill_loop(scores, log_probs, beam_size, eos_id):
+    """An independent reference: a plain loop down the ranked list of (total, prefix, token)."""
+    k, v = log_probs.shape
+    ranked = sorted(((float(scores[b]) + float(log_probs[b, t]), b, t) for b in range(k) for t in range(v)),
+                    key=lambda c: -c[0])
+    done = [(s, b) for s, b, t in ranked[:beam_size] if t == eos_id]
+    live = [c for c in ranked if c[2] != eos_id][:beam_size]
+    return ([s for s, _, _ in live], [b for _, b, _ in live], [t for _, _, t in live],
+            [s for s, _ in done], [b for _, b in done])
+
+
+def _refill_right(scores, log_probs, beam_size, eos_id):
+    v = log_probs.shape[-1]
+    total = scores[:, None] + log_probs
+    top, flat = total.flatten().topk(beam_size)
+    ended = flat % v == eos_id
+    live = total.masked_fill(torch.arange(v) == eos_id, float("-inf"))
+    live_top, live_flat = live.flatten().topk(beam_size)
+    return live_top, live_flat // v, live_flat % v, top[ended], flat[ended] // v
+
+
+def test_beam_step_eos_reference_agrees_with_a_loop():
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        k, v = int(torch.randint(1, 5, (1,), generator=g)), int(torch.randint(3, 8, (1,), generator=g))
+        beam_size = int(torch.randint(1, k * (v - 1) + 1, (1,), generator=g))
+        eos_id = int(torch.randint(0, v, (1,), generator=g))
+        scores = -torch.rand(k, generator=g, dtype=torch.float64) * 3
+        logits = torch.randn(k, v, generator=g, dtype=torch.float64) * 2
+        logits[:, eos_id] += torch.rand(k, generator=g, dtype=torch.float64) * 4
+        log_probs = torch.log_softmax(logits, dim=-1)
+        got = ch06._beam_step_eos_reference(scores, log_probs, beam_size, eos_id)
+        want = _refill_loop(scores, log_probs, beam_size, eos_id)
+        assert len(got[0]) == beam_size and not bool((got[2] == eos_id).any())
+        for g_t, w in zip(got, want):
+            assert torch.allclose(g_t.double(), torch.tensor(w, dtype=torch.float64)), (trial, got, want)
+        assert got[1].dtype == got[2].dtype == got[4].dtype == torch.int64
+        for mine, w in zip(_refill_right(scores, log_probs, beam_size, eos_id), want):
+            assert torch.allclose(mine.double(), torch.tensor(w, dtype=torch.float64)), trial
+
+
+def test_beam_step_eos_right_and_wrong():
+    assert _run(ch06.check_beam_step_eos, _refill_right).passed
+
+    def as_loop(scores, log_probs, beam_size, eos_id):  # the loop, as tensors of the right dtypes
+        ls, lb, lt, ds, db = _refill_loop(scores, log_probs, beam_size, eos_id)
+        f, i = scores.dtype, torch.int64
+        return (torch.tensor(ls, dtype=f), torch.tensor(lb, dtype=i), torch.tensor(lt, dtype=i),
+                torch.tensor(ds, dtype=f), torch.tensor(db, dtype=i))
+
+    assert _run(ch06.check_beam_step_eos, as_loop).passed
+
+    def eos_stays(scores, log_probs, beam_size, eos_id):  # the plain step of Exercise 6.3
+        v = log_probs.shape[-1]
+        top, flat = (scores[:, None] + log_probs).flatten().topk(beam_size)
+        ended = flat % v == eos_id
+        return top, flat // v, flat % v, top[ended], flat[ended] // v
+
+    def no_refill(scores, log_probs, beam_size, eos_id):  # the chapter's dead slots
+        top, beam, tok, done_s, done_b = eos_stays(scores, log_probs, beam_size, eos_id)
+        keep = tok != eos_id
+        return top[keep], beam[keep], tok[keep], done_s, done_b
+
+    def thrown_away(scores, log_probs, beam_size, eos_id):
+        live_s, live_b, live_t, _, _ = _refill_right(scores, log_probs, beam_size, eos_id)
+        return live_s, live_b, live_t, torch.zeros(0), torch.zeros(0, dtype=torch.int64)
+
+    def every_eos(scores, log_probs, beam_size, eos_id):  # each prefix's <eos> extension finishes
+        live = _refill_right(scores, log_probs, beam_size, eos_id)[:3]
+        ends, beam = (scores + log_probs[:, eos_id]).sort(descending=True)
+        return live + (ends, beam)
+
+    def walk_until_full(scores, log_probs, beam_size, eos_id):  # every <eos> above the last live one
+        ls, lb, lt, _, _ = _refill_loop(scores, log_probs, beam_size, eos_id)
+        k, v = log_probs.shape
+        ranked = sorted(((float(scores[b] + log_probs[b, t]), b, t) for b in range(k) for t in range(v)),
+                        key=lambda c: -c[0])
+        done = [(s, b) for s, b, t in ranked if t == eos_id and s > ls[-1]]
+        return (torch.tensor(ls), torch.tensor(lb), torch.tensor(lt), torch.tensor([s for s, _ in done]),
+                torch.tensor([b for _, b in done], dtype=torch.int64))
+
+    def fixed_eos(scores, log_probs, beam_size, eos_id):
+        return _refill_right(scores, log_probs, beam_size, 2)
+
+    def flat_index(scores, log_probs, beam_size, eos_id):
+        v = log_probs.shape[-1]
+        out = _refill_right(scores, log_probs, beam_size, eos_id)
+        _, flat = (scores[:, None] + log_probs).flatten().topk(beam_size)
+        return out[:4] + (flat[flat % v == eos_id],)
+
+    for wrong, named in [(eos_stays, "no live token may be eos_id"), (no_refill, "Refill the beam"),
+                         (thrown_away, "kept aside, not thrown away"),
+                         (every_eos, "the other prefixes' <eos> extensions are dropped"),
+                         (walk_until_full, "not every one ranked above the last live extension"),
+                         (fixed_eos, "not with a fixed id"), (flat_index, "not the flat index")]:
+        _assert_named(ch06.check_beam_step_eos, wrong, named)
+    assert _first_failure(_run(ch06.check_beam_step_eos, fixed_eos)).label.startswith("eos_id=0")
+    assert _run(ch06.check_beam_step_eos, every_eos).cases[0].passed  # one prefix: nothing to tell apart
+
+    def masks_in_place(scores, log_probs, beam_size, eos_id):
+        v = log_probs.shape[-1]
+        top, flat = (scores[:, None] + log_probs).flatten().topk(beam_size)
+        ended = flat % v == eos_id
+        log_probs[:, eos_id] = float("-inf")
+        live_top, live_flat = (scores[:, None] + log_probs).flatten().topk(beam_size)
+        return live_top, live_flat // v, live_flat % v, top[ended], flat[ended] // v
+
+    report = _run(ch06.check_beam_step_eos, masks_in_place)
+    assert not report.passed and "in place" in _first_failure(report).reason
+    assert "`log_probs`" in _first_failure(report).hint
 
 
 # ---------------------------------------------------------------- label smoothing

@@ -193,3 +193,113 @@ def test_min_p_right_and_wrong():
     ]:
         report = check_min_p(wrong, quiet=True)
         assert not report.passed and named in _first_failure(report).hint, (named, report.text())
+
+
+# ---------------------------------------------------------------- repetition penalty (CTRL)
+def _repetition_penalty_right(logits, context, penalty):
+    seen = torch.zeros_like(logits, dtype=torch.bool).scatter(1, context, True)
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
+def _repetition_penalty_loop(logits, context, penalty):
+    """An independent reference: one token at a time, each distinct token of a row once."""
+    out = logits.clone()
+    for b in range(logits.shape[0]):
+        for token in set(context[b].tolist()):
+            value = float(logits[b, token])
+            out[b, token] = value / penalty if value > 0 else value * penalty
+    return out
+
+
+def test_repetition_penalty_reference_agrees_with_hugging_face_and_a_loop():
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    def hugging_face(logits, context, penalty):
+        return RepetitionPenaltyLogitsProcessor(penalty=penalty)(context, logits.clone())
+
+    # on the checker's own cases: Hugging Face's processor and the loop pass it
+    assert _run(ch07.check_repetition_penalty, hugging_face).passed
+    assert _run(ch07.check_repetition_penalty, _repetition_penalty_loop).passed
+    # and on random ones, with many repeats (T > V) and penalties on both sides of 1
+    g = torch.Generator().manual_seed(0)
+    for trial in range(50):
+        b, v, t = (int(n) for n in torch.randint(1, 30, (3,), generator=g))
+        logits = torch.randn(b, v, generator=g) * 4
+        context = torch.randint(0, v, (b, t), generator=g)
+        penalty = float(torch.rand((), generator=g) * 2 + 0.5)
+        expected = hugging_face(logits, context, penalty)
+        torch.testing.assert_close(ch07._repetition_penalty_reference(logits, context, penalty), expected)
+        torch.testing.assert_close(_repetition_penalty_loop(logits, context, penalty), expected)
+
+
+def test_repetition_penalty_right_passes_and_stub_is_not_done():
+    assert _run(ch07.check_repetition_penalty, _repetition_penalty_right).passed
+
+    def stub(logits, context, penalty):
+        raise NotImplementedError("Exercise ex-07-repetition-penalty: write it")
+
+    report = _run(ch07.check_repetition_penalty, stub)
+    assert report.not_done and "not done yet" in report.text()
+
+
+def _seen(logits, context):
+    return torch.zeros_like(logits, dtype=torch.bool).scatter(1, context, True)
+
+
+def _divides_every_logit(logits, context, penalty):
+    return torch.where(_seen(logits, context), logits / penalty, logits)
+
+
+def _swapped_rule(logits, context, penalty):
+    return torch.where(_seen(logits, context), torch.where(logits > 0, logits * penalty, logits / penalty),
+                       logits)
+
+
+def _once_per_occurrence(logits, context, penalty):
+    out = logits.clone()
+    for b in range(logits.shape[0]):
+        for token in context[b].tolist():  # a repeated token is penalised again
+            out[b, token] = out[b, token] / penalty if out[b, token] > 0 else out[b, token] * penalty
+    return out
+
+
+def _every_token(logits, context, penalty):
+    return torch.where(logits > 0, logits / penalty, logits * penalty)
+
+
+def _row_zero_context(logits, context, penalty):
+    return _repetition_penalty_right(logits, context[:1].expand_as(context), penalty)
+
+
+def _whole_batch_context(logits, context, penalty):
+    return _repetition_penalty_right(logits, context.reshape(1, -1).expand(len(context), -1), penalty)
+
+
+@pytest.mark.parametrize("wrong, named, first_label", [
+    (_divides_every_logit, "You divided every penalised logit by penalty", "one row"),
+    (_swapped_rule, "The rule is the wrong way round", "one row"),
+    (_once_per_occurrence, "penalised a token once per occurrence", "a context that repeats tokens"),
+    (_every_token, "You penalised every token", "one row"),
+    (_row_zero_context, "Every row used the context of row 0", "3 rows"),
+    (_whole_batch_context, "the whole batch's context", "3 rows"),
+])
+def test_repetition_penalty_wrong_solutions_fail(wrong, named, first_label):
+    report = _run(ch07.check_repetition_penalty, wrong)
+    failure = _first_failure(report)
+    assert not report.passed and named in failure.hint, (named, report.text())
+    assert failure.label.startswith(first_label), report.text()
+
+
+def test_repetition_penalty_in_place_fails_with_before_and_after():
+    def in_place(logits, context, penalty):
+        seen = _seen(logits, context)
+        logits[seen & (logits > 0)] /= penalty
+        logits[seen & (logits < 0)] *= penalty
+        return logits
+
+    report = _run(ch07.check_repetition_penalty, in_place)
+    failure = _first_failure(report)
+    assert not report.passed and "changed its input `logits` in place" in failure.reason, report.text()
+    assert failure.before.startswith("logits = ") and failure.after.startswith("logits = ")
+    assert failure.before != failure.after
+    assert "Your function changed `logits`" in failure.hint

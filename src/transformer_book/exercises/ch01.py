@@ -17,6 +17,7 @@ __all__ = [
     "check_additive_score",
     "check_dot_attention_weights",
     "check_split_german",
+    "check_local_p_weights",
     "check_general_score",
 ]
 
@@ -149,6 +150,140 @@ def check_split_german(fn, *, quiet: bool = False) -> CheckReport:
     ]
     return check_function(fn, reference=split_german, cases=cases, exercise="ex-01-split-german", quiet=quiet,
                           mistakes=mistakes)
+
+
+def _local_offsets(scores, position):
+    # (B, T, S): j - p_i for every source position j; p stays a float (never rounded).
+    return torch.arange(scores.shape[-1], dtype=scores.dtype) - position[..., None]
+
+
+def _local_window_softmax(scores, position, width, mask, *, centre=None, strict=False):
+    # Softmax over the window |j - p| <= D of real tokens; `centre`/`strict`: known mistakes.
+    centre = position if centre is None else centre
+    offsets = _local_offsets(scores, centre).abs()
+    window = offsets < width if strict else offsets <= width
+    return masked_softmax(scores, window & mask[:, None, :])
+
+
+def _local_gaussian(scores, position, sigma, *, two=True):
+    offsets = _local_offsets(scores, position)
+    return torch.exp(-offsets**2 / ((2 if two else 1) * sigma**2))
+
+
+def _local_p_reference(scores, position, width, mask):
+    # Luong et al.'s local-p: a_ij = softmax over the window of the scores * exp(-(j - p)^2 / (2 sigma^2)),
+    # sigma = D / 2, with no renormalisation after the Gaussian.
+    return _local_window_softmax(scores, position, width, mask) * _local_gaussian(scores, position, width / 2)
+
+
+def _local_case(B, T, S, width, positions, lengths, seed, scale=1.0):
+    scores = _randn(B, T, S, seed=seed) * scale
+    mask = torch.arange(S)[None, :] < torch.tensor(lengths)[:, None]
+    return (scores, torch.tensor(positions, dtype=torch.float32), width, mask)
+
+
+def check_local_p_weights(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-01-local-p-attention: ``fn(scores (B, T, S), position (B, T), width, mask (B, S)) -> (B, T, S)``,
+    Luong et al.'s local-p weights: a softmax over the window [p - D, p + D] of real tokens, times a
+    Gaussian of sigma D / 2, not renormalised."""
+    hint = ("The window of row (b, i) holds the positions j = 0..S-1 with |j - p| <= D (p not rounded) that are "
+            "real tokens: fill every other score with -inf, take the softmax over the last axis, then multiply "
+            "by exp(-(j - p)^2 / (2 sigma^2)) with sigma = width / 2, and stop there (no renormalising).")
+    cases = [
+        Case(args=_local_case(1, 1, 7, 2, [[3.0]], [7], seed=60), label="p = 3, width = 2: the window is 1..5 of 7",
+             hint=hint),
+        Case(args=_local_case(2, 3, 9, 3, [[2.4, 5.7, 4.5], [1.25, 6.9, 3.1]], [9, 9], seed=61),
+             label="p between two positions, width = 3",
+             hint=("p is a real number: the window holds the integers j with p - D <= j <= p + D (for p = 2.4, "
+                   "D = 3: 0..5), and the Gaussian is centred on p itself. " + hint)),
+        Case(args=_local_case(1, 3, 6, 2, [[0.3, 5.0, 4.6]], [6], seed=62),
+             label="windows cut at the start and the end of the source",
+             hint=("A window that crosses the start or the end of the source keeps only the positions 0..S-1 "
+                   "inside it (beware of negative indices: in Python x[-1] is the last element). " + hint)),
+        Case(args=_local_case(3, 2, 7, 2, [[1.5, 3.0], [2.2, 5.8], [0.0, 1.0]], [4, 7, 2], seed=63),
+             label="source lengths [4, 7, 2] padded to 7",
+             hint=("mask (B, S) must become (B, 1, S) and be combined (&) with the window: padding inside the "
+                   "window gets weight exactly 0. " + hint)),
+        Case(args=_local_case(2, 4, 5, 1, [[0.0, 1.5, 2.7, 4.0], [3.3, 0.8, 2.0, 4.4]], [5, 5], seed=64),
+             label="width = 1: at most three positions", hint=hint),
+        Case(args=_local_case(2, 2, 5, 8, [[1.0, 3.6], [0.4, 2.0]], [5, 3], seed=65),
+             label="width = 8, wider than the source (S = 5)",
+             hint=("The window covers the whole source here, but the Gaussian (sigma = width / 2) still "
+                   "multiplies the softmax. " + hint)),
+        Case(args=_local_case(2, 3, 6, 2, [[1.0, 2.5, 4.0], [0.5, 1.5, 3.2]], [6, 4], seed=66, scale=1000.0),
+             label="large scores (a naive exp overflows)",
+             hint="Use torch.softmax (it subtracts the row maximum) rather than exp / sum."),
+        Case(args=_local_case(1, 2, 8, 2, [[6.5, 1.0]], [3], seed=67),
+             label="a window over padding only: that row is all 0",
+             hint=("Row 0's window (p = 6.5, width = 2: positions 5..7) holds only padding: nothing to attend "
+                   "to, so its weights are all 0, not NaN (a softmax of all -inf is 0/0 = NaN; the chapter's "
+                   "masked_softmax zeroes such rows).")),
+    ]
+
+    def no_window(scores, position, width, mask):
+        return masked_softmax(scores, mask[:, None, :]) * _local_gaussian(scores, position, width / 2)
+
+    def cut_after(scores, position, width, mask):
+        window = _local_offsets(scores, position).abs() <= width
+        return no_window(scores, position, width, mask) * window
+
+    def renormalised(scores, position, width, mask):
+        weights = _local_p_reference(scores, position, width, mask)
+        return weights / weights.sum(-1, keepdim=True)
+
+    def sigma_is(scores, position, width, mask, sigma, two=True):
+        return (_local_window_softmax(scores, position, width, mask)
+                * _local_gaussian(scores, position, sigma, two=two))
+
+    def centred(scores, position, width, mask, centre):
+        return (_local_window_softmax(scores, position, width, mask, centre=centre)
+                * _local_gaussian(scores, position, width / 2))
+
+    def strict(scores, position, width, mask):
+        return (_local_window_softmax(scores, position, width, mask, strict=True)
+                * _local_gaussian(scores, position, width / 2))
+
+    def all_rounded(scores, position, width, mask):
+        p = position.round()
+        return _local_p_reference(scores, p, width, mask)
+
+    def ignores_mask(scores, position, width, mask):
+        return _local_p_reference(scores, position, width, torch.ones_like(mask))
+
+    rounded = ("The window was built around a rounded p (round, floor or int): Luong et al.'s window is "
+               "[p - D, p + D] with p a real number, so it holds the integers j with p - D <= j <= p + D "
+               "(2D of them when p is not an integer). Compare the float distance |j - p| with D.")
+    mistakes = [
+        (no_window,
+         "No window: positions farther than D from p still get weight (the Gaussian makes them small, not 0). "
+         "Keep only |j - p| <= D: fill the other scores with -inf before the softmax."),
+        (cut_after,
+         "You took the softmax over the whole source, then cut the window out: the softmax must run over the "
+         "window only (-inf outside it *before* the softmax), so the window's positions share the whole weight."),
+        (renormalised,
+         "You renormalised after the Gaussian: Luong et al. multiply the softmax weights by the Gaussian and "
+         "stop there, so a row sums to less than 1. Drop the final division."),
+        (lambda scores, position, width, mask: sigma_is(scores, position, width, mask, width),
+         "sigma is D / 2, not D: the Gaussian is exp(-(j - p)^2 / (2 sigma^2)) with sigma = width / 2."),
+        (lambda scores, position, width, mask: sigma_is(scores, position, width, mask, width // 2),
+         "sigma = width // 2 rounds it down: sigma is width / 2, a float (1.5 for width = 3)."),
+        (lambda scores, position, width, mask: sigma_is(scores, position, width, mask, (width / 2) ** 0.5),
+         "The Gaussian divides by 2 sigma^2, sigma squared: exp(-(j - p)^2 / (2 (width / 2)^2))."),
+        (lambda scores, position, width, mask: sigma_is(scores, position, width, mask, width / 2, two=False),
+         "The Gaussian's denominator is 2 sigma^2: the factor 2 is missing."),
+        (lambda scores, position, width, mask: centred(scores, position, width, mask, position.round()), rounded),
+        (lambda scores, position, width, mask: centred(scores, position, width, mask, position.floor()), rounded),
+        (all_rounded,
+         "p was rounded: Luong et al.'s p is a real number; both the window [p - D, p + D] and the Gaussian's "
+         "centre use it as it is."),
+        (strict,
+         "The window's ends are missing: it is the closed interval [p - D, p + D], |j - p| <= D, not < D."),
+        (ignores_mask,
+         "The mask is ignored: padding inside the window gets weight. Combine the window with mask[:, None, :] "
+         "(&) before the softmax."),
+    ]
+    return check_function(fn, reference=_local_p_reference, cases=cases, exercise="ex-01-local-p-attention",
+                          quiet=quiet, mistakes=mistakes)
 
 
 def _general_score_reference(query, keys, w):

@@ -12,7 +12,7 @@ import torch
 from transformer_book.exercises.core import Case, CheckReport, check_function, compare_values
 from transformer_book.positional import alibi_slopes, apply_rope, sinusoidal_encoding
 
-__all__ = ["check_sinusoidal", "check_rope", "check_alibi_slopes", "check_interpolated_rope"]
+__all__ = ["check_sinusoidal", "check_rope", "check_alibi_slopes", "check_partial_rope", "check_interpolated_rope"]
 
 
 def _randn(*shape: int, seed: int) -> torch.Tensor:
@@ -140,6 +140,60 @@ def _slopes_odd_indices(n):  # a known mistake: the extra slopes at indices 1, 3
     below = 2 ** (n.bit_length() - 1)
     power = lambda m: [2 ** (-8 * h / m) for h in range(1, m + 1)]  # noqa: E731
     return torch.tensor(power(below) + power(2 * below)[1::2][: n - below])
+
+
+def _partial_rope_reference(x, positions, n_rot):
+    # Partial rotary embedding (GPT-NeoX, Black et al., 2022; GPT-J): RoPE over the first n_rot
+    # dimensions only, with the frequencies of an n_rot-dimensional RoPE; the rest pass through.
+    return torch.cat((apply_rope(x[..., :n_rot], positions), x[..., n_rot:]), dim=-1)
+
+
+def check_partial_rope(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-03-partial-rope: ``fn(x (..., T, D), positions (T,), n_rot) -> (..., T, D)``: RoPE (adjacent
+    pairs, ``w_i = 10000^(-2i/n_rot)``) on ``x[..., :n_rot]``; ``x[..., n_rot:]`` unchanged."""
+    which_hint = ("Only the first n_rot dimensions, x[..., :n_rot], are rotated; x[..., n_rot:] is returned "
+                  "as it is, after them.")
+    freq_hint = ("The rotated part is a RoPE of width n_rot: pair i = (x[..., 2i], x[..., 2i + 1]) turns by "
+                 "p * w_i with w_i = 10000^(-2i / n_rot), i = 0 .. n_rot/2 - 1.")
+    cases = [
+        Case(args=(torch.tensor([[1.0, 0.0, 1.0, 0.0]]), torch.tensor([1]), 2),
+             label="(1, 0, 1, 0) at position 1, D=4, n_rot=2",
+             hint="One rotated pair, frequency w_0 = 1: (1, 0) turns into (cos 1, sin 1); the second pair "
+                  "(1, 0) stays as it is."),
+        Case(args=(_randn(1, 1, 5, 8, seed=4), torch.arange(5), 4), label="(1, 1, 5, 8), positions 0..4, n_rot=4",
+             hint=freq_hint),
+        Case(args=(_randn(2, 3, 7, 16, seed=5), torch.arange(7) + 100, 4),
+             label="(2, 3, 7, 16), positions 100..106, n_rot=4 (a quarter, as in GPT-NeoX)", hint=freq_hint),
+        Case(args=(_randn(6, 12, seed=6), torch.arange(6), 6), label="(T, D) = (6, 12), n_rot=6", hint=which_hint),
+        Case(args=(_randn(2, 2, 3, 64, seed=7), torch.tensor([0, 9, 513]), 16),
+             label="(2, 2, 3, 64), positions 0, 9, 513, n_rot=16", hint=freq_hint),
+        Case(args=(_randn(1, 2, 6, 8, seed=8), torch.arange(6), 8), label="n_rot = D: plain RoPE",
+             hint="With n_rot = D every pair turns: the answer is ex-03-rope's, adjacent pairs (2i, 2i + 1)."),
+    ]
+    mistakes = [
+        (lambda x, pos, n: apply_rope(x, pos),
+         "You rotated all D dimensions: only the first n_rot turn, x[..., n_rot:] passes through unchanged."),
+        (lambda x, pos, n: torch.cat((x[..., : x.shape[-1] - n], apply_rope(x[..., x.shape[-1] - n :], pos)), -1),
+         "You rotated the last n_rot dimensions: the rotated ones are the first n_rot, x[..., :n_rot], "
+         "followed by the unchanged x[..., n_rot:]."),
+        (_partial_rope_frequencies_of_d,
+         "The frequencies are off: they are those of a RoPE of width n_rot, w_i = 10000^(-2i/n_rot), "
+         "not 10000^(-2i/D) with D the full head width."),
+        (lambda x, pos, n: torch.cat((apply_rope(x[..., :n], pos, pairing="half"), x[..., n:]), -1),
+         "You paired dimension i with i + n_rot/2 (the 'half' layout of the GPT-NeoX and Llama code): this "
+         "exercise pairs adjacent dimensions (2i, 2i + 1), as in ex-03-rope."),
+    ]
+    return check_function(fn, reference=_partial_rope_reference, cases=cases, exercise="ex-03-partial-rope",
+                          atol=1e-5, quiet=quiet, mistakes=mistakes)
+
+
+def _partial_rope_frequencies_of_d(x, positions, n_rot):  # a known mistake: w_i = 10000^(-2i/D)
+    d = x.shape[-1]
+    angle = positions.double()[:, None] * 10000 ** (-torch.arange(0, n_rot, 2, dtype=torch.float64) / d)
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    a, b = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
+    turned = torch.stack((a * cos - b * sin, a * sin + b * cos), -1).flatten(-2)
+    return torch.cat((turned, x[..., n_rot:]), -1)
 
 
 def _interpolated_rope_reference(x, train_len):

@@ -24,6 +24,7 @@ __all__ = [
     "check_merge_heads",
     "check_repeat_kv",
     "check_param_count",
+    "check_qk_norm_attention",
     "check_softcap_attention",
 ]
 
@@ -180,6 +181,112 @@ def check_param_count(fn, *, quiet: bool = False) -> CheckReport:
     ]
     return check_function(fn, reference=None, cases=cases, exercise="ex-04-param-count", quiet=quiet,
                           mistakes=mistakes)
+
+
+def _rms_normed(x, gain, eps, dim=-1):
+    # RMSNorm of the vectors along `dim`: divide by sqrt(mean(x^2) + eps), then scale by the gain.
+    return x / torch.sqrt((x * x).mean(dim=dim, keepdim=True) + eps) * gain
+
+
+def _qk_norm_attention_reference(q, k, v, g_q, g_k, eps=1e-6):
+    # QK-norm: each head's query and key vectors (their D channels) RMS-normalised, own gains.
+    return scaled_dot_product_attention(_rms_normed(q, g_q, eps), _rms_normed(k, g_k, eps), v)
+
+
+def check_qk_norm_attention(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-04-qk-norm: ``fn(q, k, v, g_q, g_k, eps=1e-6) -> (output, weights)``: RMSNorm with gains
+    ``g_q``/``g_k`` ``(D,)`` over the last dimension of ``q`` and ``k`` ``(B, H, T, D)``, then scaled
+    dot-product attention with the 1/sqrt(D) scale (Dehghani et al. 2023; Gemma 3, Qwen3)."""
+    g = torch.Generator().manual_seed(44)
+
+    def randn(*shape, scale=1.0, shift=0.0):
+        return torch.randn(*shape, generator=g) * scale + shift
+
+    def gains(d):
+        return 1.0 + 0.5 * randn(d)
+
+    zero_query = randn(1, 2, 3, 4)
+    zero_query[0, 1, 1] = 0.0  # head 1, position 1: an all-zero query vector
+    hint = ("Normalise each query vector (one head, one position) over its D channels, the last dimension: "
+            "q * g_q / sqrt(mean(q^2) + eps); the keys the same way with g_k; then the chapter's attention "
+            "with its 1/sqrt(D) scale on the normalised q, k and the untouched v.")
+    cases = [
+        Case(args=(randn(2, 3, 4, 8, scale=2.0, shift=0.5), randn(2, 3, 4, 8, scale=1.5, shift=-0.3),
+                   randn(2, 3, 4, 8), gains(8), gains(8)),
+             label="(2, 3, 4, 8), default eps", hint=hint),
+        Case(args=(randn(1, 2, 5, 16, scale=1000.0), randn(1, 2, 5, 16, scale=1000.0), randn(1, 2, 5, 16),
+                   gains(16), gains(16), 1e-6),
+             label="q and k 1000 times larger: the scores stay bounded", hint=hint),
+        Case(args=(randn(2, 2, 2, 8, shift=1.0), randn(2, 2, 6, 8), randn(2, 2, 6, 3), gains(8), gains(8), 1e-5),
+             label="cross-attention T_q=2, T_k=6, D_v=3", hint=hint),
+        Case(args=(randn(1, 2, 3, 4, scale=0.1), randn(1, 2, 3, 4, scale=0.1), randn(1, 2, 3, 4), gains(4),
+                   gains(4), 0.1),
+             label="small q and k, eps=0.1: where eps goes matters",
+             hint="eps goes inside the square root: x / sqrt(mean(x^2) + eps)."),
+        Case(args=(zero_query, randn(1, 2, 3, 4), randn(1, 2, 3, 4), gains(4), gains(4), 1e-6),
+             label="an all-zero query: eps keeps it finite",
+             hint="An all-zero query normalises to zeros (eps keeps 0 / 0 away); its weights are uniform."),
+    ]
+
+    mistakes = [
+        (lambda q, k, v, g_q, g_k, eps=1e-6: _qk_wrong(q, k, v, g_q, g_k, eps, dim=-2),
+         "You normalised over the positions (dim -2, T): RMSNorm normalises each head's vector at one "
+         "position, over its D channels, the last dimension (dim=-1)."),
+        (lambda q, k, v, g_q, g_k, eps=1e-6: _qk_wrong(q, k, v, g_q, g_k, eps, dim=-3),
+         "You normalised over the heads (dim 1, H): RMSNorm normalises each head's vector at one "
+         "position, over its D channels, the last dimension (dim=-1)."),
+        (lambda q, k, v, g_q, g_k, eps=1e-6: _qk_wrong(q, k, v, g_q, g_k, eps, centre=True),
+         "You subtracted the mean first (that is LayerNorm): RMSNorm does not centre, it only divides by "
+         "the root mean square sqrt(mean(x^2) + eps)."),
+        (lambda q, k, v, g_q, g_k, eps=1e-6: _qk_wrong(q, k, v, g_q, g_q, eps),
+         "The keys were scaled by g_q: each side has its own gain, g_q for the queries and g_k for the keys."),
+        (lambda q, k, v, g_q, g_k, eps=1e-6: _qk_wrong(q, k, v, g_k, g_k, eps),
+         "The queries were scaled by g_k: each side has its own gain, g_q for the queries and g_k for the keys."),
+        (lambda q, k, v, g_q, g_k, eps=1e-6: _qk_wrong(q, k, v, 1.0, 1.0, eps),
+         "The gains are missing: multiply the normalised queries by g_q and the normalised keys by g_k "
+         "(channel by channel)."),
+        (lambda q, k, v, g_q, g_k, eps=1e-6: _qk_wrong(q, k, v, g_q, g_k, eps, v_gain=1.0),
+         "The values were normalised too: QK-norm touches only the queries and the keys; v goes into the "
+         "attention as it is."),
+        (lambda q, k, v, g_q, g_k, eps=1e-6: _qk_wrong(q, k, v, g_q, g_k, eps, v_gain=g_k),
+         "The values were normalised too: QK-norm touches only the queries and the keys; v goes into the "
+         "attention as it is."),
+        (lambda q, k, v, g_q, g_k, eps=1e-6: _qk_wrong(q, k, v, g_q, g_k, eps, eps_outside=True),
+         "eps went outside the square root: RMSNorm divides by sqrt(mean(x^2) + eps), not by "
+         "sqrt(mean(x^2)) + eps."),
+        (lambda q, k, v, g_q, g_k, eps=1e-6: _qk_wrong(q, k, v, g_q, g_k, 0.0),
+         "eps is missing: divide by sqrt(mean(x^2) + eps); without it an all-zero vector gives 0 / 0 = NaN."),
+        (lambda q, k, v, g_q, g_k, eps=1e-6: _qk_wrong(q, k, v, g_q, g_k, eps, l2=True),
+         "You divided by the length sqrt(sum(x^2)) (as F.normalize does): RMSNorm divides by the root *mean* "
+         "square sqrt(mean(x^2) + eps), so a normalised vector has length sqrt(D), not 1."),
+        (lambda q, k, v, g_q, g_k, eps=1e-6: _qk_wrong(q, k, v, g_q, g_k, eps, scale=1.0),
+         "The 1/sqrt(D) scale is missing: QK-norm changes what goes into the chapter's attention, not the "
+         "attention itself; keep dividing the scores by sqrt(D)."),
+        (lambda q, k, v, g_q, g_k, eps=1e-6: _qk_wrong(q, k, v, g_q, g_k, eps, only="q"),
+         "Only the queries were normalised: normalise the keys too, with their gain g_k."),
+        (lambda q, k, v, g_q, g_k, eps=1e-6: _qk_wrong(q, k, v, g_q, g_k, eps, only="k"),
+         "Only the keys were normalised: normalise the queries too, with their gain g_q."),
+    ]
+    return check_function(fn, reference=_qk_norm_attention_reference, cases=cases, exercise="ex-04-qk-norm",
+                          quiet=quiet, mistakes=mistakes)
+
+
+def _qk_wrong(q, k, v, g_q, g_k, eps, *, dim=-1, centre=False, eps_outside=False, l2=False, scale=None,
+              v_gain=None, only=None):
+    """QK-norm attention with one known mistake (another axis, centring, eps outside, ...)."""
+    def norm(x, gain):
+        if centre:
+            x = x - x.mean(dim=dim, keepdim=True)
+        if l2:
+            return x / torch.sqrt((x * x).sum(dim=dim, keepdim=True) + eps) * gain
+        if eps_outside:
+            return x / (torch.sqrt((x * x).mean(dim=dim, keepdim=True)) + eps) * gain
+        return _rms_normed(x, gain, eps, dim)
+
+    q_hat = q if only == "k" else norm(q, g_q)
+    k_hat = k if only == "q" else norm(k, g_k)
+    v_hat = v if v_gain is None else norm(v, v_gain)
+    return scaled_dot_product_attention(q_hat, k_hat, v_hat, scale=scale)
 
 
 def _softcap_attention_reference(q, k, v, cap):

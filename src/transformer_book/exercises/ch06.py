@@ -16,6 +16,7 @@ __all__ = [
     "check_rms_norm",
     "check_residual",
     "check_beam_step",
+    "check_beam_step_eos",
     "check_label_smoothing",
     "check_gnmt_rerank",
 ]
@@ -182,6 +183,124 @@ def check_beam_step(fn, *, quiet: bool = False) -> CheckReport:
     ]
     return check_function(fn, reference=_beam_step_reference, cases=cases, exercise="ex-06-beam-step", quiet=quiet,
                           mistakes=mistakes)
+
+
+# --------------------------------------------------------------------------- a beam step that refills after <eos>
+def _beam_step_eos_reference(scores, log_probs, beam_size, eos_id):
+    # Walk the whole ranking of the K*V extensions once: the <eos> ones among the first
+    # beam_size finish; the first beam_size of the others form the new, full beam.
+    v = log_probs.shape[-1]
+    total = (scores[:, None] + log_probs).reshape(-1)
+    order = torch.argsort(total, descending=True, stable=True)
+    is_eos = order % v == eos_id
+    done = order[:beam_size][is_eos[:beam_size]]
+    live = order[~is_eos][:beam_size]
+    return total[live], live // v, live % v, total[done], done // v
+
+
+def _eos_log_probs(k: int, v: int, seed: int, eos_id: int, boost: list[float]) -> torch.Tensor:
+    """Log-probabilities ``(k, v)`` whose ``eos_id`` column is raised by ``boost[b]`` in row ``b``."""
+    logits = _randn(k, v, seed=seed, scale=2.0)
+    logits[:, eos_id] += torch.tensor(boost, dtype=logits.dtype)
+    return torch.log_softmax(logits, dim=-1)
+
+
+def check_beam_step_eos(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-06-beam-refill: ``fn(scores (K,), log_probs (K, V), beam_size, eos_id) ->
+    (live_scores, live_beam, live_token, done_scores, done_beam)``.
+
+    The extensions ending in ``eos_id`` among the ``beam_size`` best of all K*V finish (their
+    totals and prefixes, best first); the live beam is refilled with the ``beam_size`` best
+    extensions whose token is not ``eos_id``, best first.
+    """
+    rank_hint = ("Rank all K*V extensions by scores[:, None] + log_probs. The <eos> ones among the first "
+                 "beam_size finish (done_scores, done_beam, best first); the live beam is the beam_size best "
+                 "extensions whose token is not eos_id.")
+    refill_hint = ("The live beam must be full: take the beam_size best extensions that do not end in eos_id, "
+                   "even when some of them rank below the first beam_size.")
+    three = torch.tensor([-0.5, -1.0, -2.0])
+    cases = [
+        Case(args=(torch.tensor([0.0]), _eos_log_probs(1, 6, 43, 2, [1.0]), 3, 2),
+             label="first step: one prefix, V=6, keep 3, <eos> third best", hint=refill_hint),
+        Case(args=(three, _eos_log_probs(3, 5, 9, 2, [0.0, 0.0, 0.0]), 3, 2),
+             label="K=3, V=5: no <eos> among the best 3 (nothing finishes)", hint=rank_hint),
+        Case(args=(three, _eos_log_probs(3, 5, 2, 2, [0.0, 0.0, 0.0]), 3, 2),
+             label="K=3, V=5: one <eos> among the best 3", hint=refill_hint),
+        Case(args=(three, _eos_log_probs(3, 5, 1, 2, [1.0, 2.0, 3.0]), 3, 2),
+             label="two more <eos> ranked 4th and 5th, above the last live one (dropped)", hint=rank_hint),
+        Case(args=(three[:2], _eos_log_probs(2, 5, 3, 2, [3.0, 3.0]), 2, 2),
+             label="both of the best 2 end in <eos>: the whole beam is refilled", hint=refill_hint),
+        Case(args=(torch.tensor([-0.3, -0.9, -1.2, -2.5]), _eos_log_probs(4, 7, 53, 0, [0.0, 1.0, 3.0, 1.0]), 4, 0),
+             label="eos_id=0, K=4, V=7, keep 4", hint="Compare the tokens with eos_id, the argument."),
+        Case(args=(three, _eos_log_probs(3, 5, 4, 2, [0.0, 0.0, 0.0]), 1, 2),
+             label="beam_size=1: the best extension ends in <eos>", hint=refill_hint),
+    ]
+
+    def ranked(scores, log_probs):
+        v = log_probs.shape[-1]
+        total = (scores[:, None] + log_probs).reshape(-1)
+        order = torch.argsort(total, descending=True, stable=True)
+        return v, total, order
+
+    def eos_stays(scores, log_probs, beam_size, eos_id):  # Exercise 6.3's step, plus the finished list
+        v, total, order = ranked(scores, log_probs)
+        top = order[:beam_size]
+        done = top[top % v == eos_id]
+        return total[top], top // v, top % v, total[done], done // v
+
+    def no_refill(scores, log_probs, beam_size, eos_id):  # the chapter's beam_search: a dead slot
+        v, total, order = ranked(scores, log_probs)
+        top = order[:beam_size]
+        ended = top % v == eos_id
+        return total[top[~ended]], top[~ended] // v, top[~ended] % v, total[top[ended]], top[ended] // v
+
+    def eos_thrown_away(scores, log_probs, beam_size, eos_id):
+        out = _beam_step_eos_reference(scores, log_probs, beam_size, eos_id)
+        return out[:3] + (out[3][:0], out[4][:0])
+
+    def every_eos_finishes(scores, log_probs, beam_size, eos_id):  # each prefix's <eos> extension
+        v, total, order = ranked(scores, log_probs)
+        done = order[order % v == eos_id]
+        return _beam_step_eos_reference(scores, log_probs, beam_size, eos_id)[:3] + (total[done], done // v)
+
+    def eos_above_last_live(scores, log_probs, beam_size, eos_id):  # walks down until the beam is full
+        v, total, order = ranked(scores, log_probs)
+        live = order[order % v != eos_id][:beam_size]
+        cut = int((order == live[-1]).nonzero()[0, 0])
+        done = order[:cut][order[:cut] % v == eos_id]
+        return total[live], live // v, live % v, total[done], done // v
+
+    def done_token(scores, log_probs, beam_size, eos_id):  # the flat index instead of the prefix
+        v, total, order = ranked(scores, log_probs)
+        done = order[:beam_size][order[:beam_size] % v == eos_id]
+        return _beam_step_eos_reference(scores, log_probs, beam_size, eos_id)[:4] + (done,)
+
+    mistakes = [
+        (lambda s, lp, b, e: _beam_step_eos_reference(s, lp, b, 2),
+         "The end-of-sequence token is the argument eos_id: compare the tokens with eos_id, not with a fixed id."),
+        (eos_stays,
+         "A hypothesis that ends in eos_id is finished: it leaves the beam (it is returned among the finished "
+         "ones only), so no live token may be eos_id."),
+        (no_refill,
+         "Refill the beam: dropping the finished ones from the beam_size best leaves it short (what the "
+         "chapter's beam_search does); the live ones are the beam_size best extensions that do not end in "
+         "eos_id, however far down the ranking the last of them is."),
+        (eos_thrown_away,
+         "The finished hypotheses are kept aside, not thrown away: return the <eos> extensions among the "
+         "beam_size best, with their totals (done_scores) and the prefix each extends (done_beam)."),
+        # before every_eos_finishes: on the case that first catches walking, the two agree
+        (eos_above_last_live,
+         "Only an <eos> extension ranked among the first beam_size finishes, not every one ranked above the "
+         "last live extension: the ones below the first beam_size are dropped, even while the beam is refilled."),
+        (every_eos_finishes,
+         "Only an <eos> extension ranked among the beam_size best of all K*V finishes; the other prefixes' "
+         "<eos> extensions are dropped."),
+        (done_token,
+         "done_beam is the index of the prefix each finished hypothesis extends (flat index // V), "
+         "not the flat index."),
+    ]
+    return check_function(fn, reference=_beam_step_eos_reference, cases=cases, exercise="ex-06-beam-refill",
+                          quiet=quiet, mistakes=mistakes)
 
 
 # --------------------------------------------------------------------------- label smoothing

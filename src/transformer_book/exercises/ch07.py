@@ -15,7 +15,8 @@ from transformer_book.bigram import bigram_counts
 from transformer_book.exercises.core import Case, CheckReport, check_function
 from transformer_book.generate import top_k_filter, top_p_filter
 
-__all__ = ["check_top_k", "check_top_p", "check_lm_loss", "check_bigram_counts", "check_min_p"]
+__all__ = ["check_top_k", "check_top_p", "check_lm_loss", "check_bigram_counts", "check_min_p",
+           "check_repetition_penalty"]
 
 _NEG_INF = float("-inf")
 _INF_HINT = "Removed tokens get float('-inf') (probability exactly 0 after the softmax); kept logits stay unchanged."
@@ -206,3 +207,74 @@ def check_min_p(fn, *, quiet: bool = False) -> CheckReport:
     ]
     return check_function(fn, reference=_min_p_reference, cases=cases, exercise="ex-07-min-p", quiet=quiet,
                           mistakes=mistakes)
+
+
+def _repetition_penalty_reference(logits, context, penalty):
+    # CTRL's repetition penalty (Keskar et al., 2019): every token of the row's context, counted
+    # once, has its logit pushed down: a positive one divided by the penalty, a negative one
+    # multiplied by it (dividing a negative logit would raise it).
+    seen = F.one_hot(context, logits.shape[-1]).amax(dim=-2).bool()  # (B, V)
+    factor = torch.where(logits < 0, torch.full_like(logits, penalty), torch.full_like(logits, 1 / penalty))
+    return torch.where(seen, logits * factor, logits)
+
+
+def _penalise(logits, seen, penalty, *, swapped=False):
+    """Penalise the logits where ``seen`` (a bool mask, or a count of occurrences) is set."""
+    times = seen.to(logits.dtype)
+    down, up = penalty ** times, penalty ** -times  # down for negative logits, up for positive ones
+    if swapped:
+        down, up = up, down
+    return torch.where(logits < 0, logits * down, logits * up)
+
+
+def check_repetition_penalty(fn, *, quiet: bool = False) -> CheckReport:
+    """ex-07-repetition-penalty: ``fn(logits (B, V), context (B, T), penalty) -> (B, V)``: the logit
+    of every token that occurs in the row's context is divided by ``penalty`` when positive and
+    multiplied by it when negative, once per token; the other logits are unchanged (CTRL's
+    repetition penalty, a change to the chapter's sampler)."""
+    hint = ("Mark, for each row, the tokens that occur in its context (a (B, V) bool mask, e.g. scatter "
+            "True at the context's ids); where the mask is set, divide positive logits by penalty and "
+            "multiply negative ones; elsewhere keep the logit. Build a new tensor.")
+    g = torch.Generator().manual_seed(11)
+    cases = [
+        Case(args=(torch.tensor([[2.0, -1.0, 0.5, -3.0, 1.0]]), torch.tensor([[0, 1]]), 2.0),
+             label="one row, context (0, 1), penalty 2: one positive and one negative logit", hint=hint),
+        Case(args=(torch.tensor([[1.5, -0.5, 3.0, -2.0, 0.25, 1.0]]), torch.tensor([[2, 2, 2, 0, 1, 1]]), 1.5),
+             label="a context that repeats tokens: each penalised once", hint=hint),
+        Case(args=(torch.randn(3, 10, generator=g) * 2, torch.tensor([[0, 1, 2], [3, 4, 5], [5, 6, 7]]), 1.2),
+             label="3 rows, each with its own context",
+             hint="Row b of logits is penalised by the tokens of context[b] only. " + hint),
+        Case(args=(torch.randn(4, 50, generator=g) * 3, torch.randint(0, 50, (4, 12), generator=g), 1.3),
+             label="4 rows of 50 logits, 12 random context tokens each, penalty 1.3", hint=hint),
+        Case(args=(torch.randn(2, 7, generator=g), torch.randint(0, 7, (2, 5), generator=g), 1.0),
+             label="penalty 1 changes nothing", hint=hint),
+    ]
+
+    def seen(logits, context, rows=None):
+        rows = context if rows is None else rows
+        return F.one_hot(rows, logits.shape[-1]).amax(dim=-2).bool()
+
+    def counts(logits, context):
+        return F.one_hot(context, logits.shape[-1]).sum(dim=-2)
+
+    mistakes = [
+        (lambda x, c, p: torch.where(seen(x, c), x / p, x),
+         "You divided every penalised logit by penalty: a negative logit divided by penalty > 1 moves towards "
+         "0, which makes the token *more* likely. Divide the positive logits, multiply the negative ones."),
+        (lambda x, c, p: _penalise(x, seen(x, c), p, swapped=True),
+         "The rule is the wrong way round: divide a *positive* logit by penalty and multiply a *negative* one "
+         "(both move the logit down, so a repeated token becomes less likely)."),
+        (lambda x, c, p: _penalise(x, counts(x, c), p),
+         "You penalised a token once per occurrence (penalty ** count): a token that occurs in the context is "
+         "penalised once, however often it occurs."),
+        (lambda x, c, p: _penalise(x, torch.ones_like(x, dtype=torch.bool), p),
+         "You penalised every token: only the tokens that occur in the row's context change; the others keep "
+         "their logits."),
+        (lambda x, c, p: _penalise(x, seen(x, c, c[:1].expand_as(c)), p),
+         "Every row used the context of row 0: row b of logits is penalised by the tokens of context[b]."),
+        (lambda x, c, p: _penalise(x, seen(x, c.reshape(1, -1).expand(c.shape[0], -1)), p),
+         "Every row used the tokens of the whole batch's context: row b of logits is penalised by the tokens "
+         "of context[b] only."),
+    ]
+    return check_function(fn, reference=_repetition_penalty_reference, cases=cases,
+                          exercise="ex-07-repetition-penalty", quiet=quiet, mistakes=mistakes)
