@@ -188,12 +188,9 @@ def check_partial_rope(fn, *, quiet: bool = False) -> CheckReport:
 
 
 def _partial_rope_frequencies_of_d(x, positions, n_rot):  # a known mistake: w_i = 10000^(-2i/D)
-    d = x.shape[-1]
-    angle = positions.double()[:, None] * 10000 ** (-torch.arange(0, n_rot, 2, dtype=torch.float64) / d)
-    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
-    a, b = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
-    turned = torch.stack((a * cos - b * sin, a * sin + b * cos), -1).flatten(-2)
-    return torch.cat((turned, x[..., n_rot:]), -1)
+    # 10000^(-2i/D) = (10000^(n_rot/D))^(-2i/n_rot): an n_rot-wide RoPE with that base
+    return torch.cat((apply_rope(x[..., :n_rot], positions, base=10000 ** (n_rot / x.shape[-1])),
+                      x[..., n_rot:]), dim=-1)
 
 
 def _interpolated_rope_reference(x, train_len):

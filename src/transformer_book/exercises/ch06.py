@@ -186,12 +186,17 @@ def check_beam_step(fn, *, quiet: bool = False) -> CheckReport:
 
 
 # --------------------------------------------------------------------------- a beam step that refills after <eos>
+def _ranked(scores, log_probs):
+    """``V``, the totals ``(K * V,)`` of every extension (flat index ``b * V + t``), and their order, best first."""
+    v = log_probs.shape[-1]
+    total = (scores[:, None] + log_probs).reshape(-1)
+    return v, total, torch.argsort(total, descending=True, stable=True)
+
+
 def _beam_step_eos_reference(scores, log_probs, beam_size, eos_id):
     # Walk the whole ranking of the K*V extensions once: the <eos> ones among the first
     # beam_size finish; the first beam_size of the others form the new, full beam.
-    v = log_probs.shape[-1]
-    total = (scores[:, None] + log_probs).reshape(-1)
-    order = torch.argsort(total, descending=True, stable=True)
+    v, total, order = _ranked(scores, log_probs)
     is_eos = order % v == eos_id
     done = order[:beam_size][is_eos[:beam_size]]
     live = order[~is_eos][:beam_size]
@@ -236,20 +241,14 @@ def check_beam_step_eos(fn, *, quiet: bool = False) -> CheckReport:
              label="beam_size=1: the best extension ends in <eos>", hint=refill_hint),
     ]
 
-    def ranked(scores, log_probs):
-        v = log_probs.shape[-1]
-        total = (scores[:, None] + log_probs).reshape(-1)
-        order = torch.argsort(total, descending=True, stable=True)
-        return v, total, order
-
     def eos_stays(scores, log_probs, beam_size, eos_id):  # Exercise 6.3's step, plus the finished list
-        v, total, order = ranked(scores, log_probs)
+        v, total, order = _ranked(scores, log_probs)
         top = order[:beam_size]
         done = top[top % v == eos_id]
         return total[top], top // v, top % v, total[done], done // v
 
     def no_refill(scores, log_probs, beam_size, eos_id):  # the chapter's beam_search: a dead slot
-        v, total, order = ranked(scores, log_probs)
+        v, total, order = _ranked(scores, log_probs)
         top = order[:beam_size]
         ended = top % v == eos_id
         return total[top[~ended]], top[~ended] // v, top[~ended] % v, total[top[ended]], top[ended] // v
@@ -259,19 +258,19 @@ def check_beam_step_eos(fn, *, quiet: bool = False) -> CheckReport:
         return out[:3] + (out[3][:0], out[4][:0])
 
     def every_eos_finishes(scores, log_probs, beam_size, eos_id):  # each prefix's <eos> extension
-        v, total, order = ranked(scores, log_probs)
+        v, total, order = _ranked(scores, log_probs)
         done = order[order % v == eos_id]
         return _beam_step_eos_reference(scores, log_probs, beam_size, eos_id)[:3] + (total[done], done // v)
 
     def eos_above_last_live(scores, log_probs, beam_size, eos_id):  # walks down until the beam is full
-        v, total, order = ranked(scores, log_probs)
+        v, total, order = _ranked(scores, log_probs)
         live = order[order % v != eos_id][:beam_size]
         cut = int((order == live[-1]).nonzero()[0, 0])
         done = order[:cut][order[:cut] % v == eos_id]
         return total[live], live // v, live % v, total[done], done // v
 
     def done_token(scores, log_probs, beam_size, eos_id):  # the flat index instead of the prefix
-        v, total, order = ranked(scores, log_probs)
+        v, total, order = _ranked(scores, log_probs)
         done = order[:beam_size][order[:beam_size] % v == eos_id]
         return _beam_step_eos_reference(scores, log_probs, beam_size, eos_id)[:4] + (done,)
 

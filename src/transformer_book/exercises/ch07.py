@@ -213,9 +213,14 @@ def _repetition_penalty_reference(logits, context, penalty):
     # CTRL's repetition penalty (Keskar et al., 2019): every token of the row's context, counted
     # once, has its logit pushed down: a positive one divided by the penalty, a negative one
     # multiplied by it (dividing a negative logit would raise it).
-    seen = F.one_hot(context, logits.shape[-1]).amax(dim=-2).bool()  # (B, V)
+    seen = _seen(context, logits.shape[-1])  # (B, V)
     factor = torch.where(logits < 0, torch.full_like(logits, penalty), torch.full_like(logits, 1 / penalty))
     return torch.where(seen, logits * factor, logits)
+
+
+def _seen(context, vocab_size):
+    """``(B, V)`` bool: ``True`` where the token occurs in the row's context ``(B, T)``."""
+    return F.one_hot(context, vocab_size).amax(dim=-2).bool()
 
 
 def _penalise(logits, seen, penalty, *, swapped=False):
@@ -250,18 +255,14 @@ def check_repetition_penalty(fn, *, quiet: bool = False) -> CheckReport:
              label="penalty 1 changes nothing", hint=hint),
     ]
 
-    def seen(logits, context, rows=None):
-        rows = context if rows is None else rows
-        return F.one_hot(rows, logits.shape[-1]).amax(dim=-2).bool()
-
     def counts(logits, context):
         return F.one_hot(context, logits.shape[-1]).sum(dim=-2)
 
     mistakes = [
-        (lambda x, c, p: torch.where(seen(x, c), x / p, x),
+        (lambda x, c, p: torch.where(_seen(c, x.shape[-1]), x / p, x),
          "You divided every penalised logit by penalty: a negative logit divided by penalty > 1 moves towards "
          "0, which makes the token *more* likely. Divide the positive logits, multiply the negative ones."),
-        (lambda x, c, p: _penalise(x, seen(x, c), p, swapped=True),
+        (lambda x, c, p: _penalise(x, _seen(c, x.shape[-1]), p, swapped=True),
          "The rule is the wrong way round: divide a *positive* logit by penalty and multiply a *negative* one "
          "(both move the logit down, so a repeated token becomes less likely)."),
         (lambda x, c, p: _penalise(x, counts(x, c), p),
@@ -270,9 +271,9 @@ def check_repetition_penalty(fn, *, quiet: bool = False) -> CheckReport:
         (lambda x, c, p: _penalise(x, torch.ones_like(x, dtype=torch.bool), p),
          "You penalised every token: only the tokens that occur in the row's context change; the others keep "
          "their logits."),
-        (lambda x, c, p: _penalise(x, seen(x, c, c[:1].expand_as(c)), p),
+        (lambda x, c, p: _penalise(x, _seen(c[:1].expand_as(c), x.shape[-1]), p),
          "Every row used the context of row 0: row b of logits is penalised by the tokens of context[b]."),
-        (lambda x, c, p: _penalise(x, seen(x, c.reshape(1, -1).expand(c.shape[0], -1)), p),
+        (lambda x, c, p: _penalise(x, _seen(c.reshape(1, -1).expand(c.shape[0], -1), x.shape[-1]), p),
          "Every row used the tokens of the whole batch's context: row b of logits is penalised by the tokens "
          "of context[b] only."),
     ]
