@@ -258,3 +258,28 @@ def test_decode_step_bad_input():
         model.decode_step(torch.full((1, 2), 61), model.new_cache(1, 4))
     with pytest.raises(ValueError, match=r"3 new position\(s\) after the 0 filled ones, past the cache's max_len=2"):
         model.decode_step(torch.zeros(1, 3, dtype=torch.long), model.new_cache(1, 2))
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch build has no oneDNN")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 3, 9, 32])
+def test_large_matrices_are_prepacked_for_onednn_and_equal_the_linears(rows, dtype):
+    torch.manual_seed(0)
+    c = 512  # 512 x (512 + 256) weights: above ONEDNN_MIN_WEIGHTS
+    lins = [torch.nn.Linear(c, n).to(dtype) for n in (512, 256)]
+    x = torch.randn(rows, c, dtype=dtype)
+    w, b = packed_weight(*lins)
+    assert w.is_mkldnn and tuple(w.shape) == (768, c)  # oneDNN's layout, (out, in)
+    expected = torch.cat([torch.nn.functional.linear(x.double(), lin.weight.double(), lin.bias.double())
+                          for lin in lins], -1)
+    tol = dict(atol=1e-4, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.1, rtol=0.02)
+    nobias = torch.nn.Linear(c, c, bias=False).to(dtype)
+    with torch.inference_mode():
+        torch.testing.assert_close(affine(x, w, b).double(), expected, **tol)
+        torch.testing.assert_close(affine(x[None], *packed_weight(nobias)).double(),
+                                   (x.double() @ nobias.weight.double().t())[None], **tol)
+
+
+def test_small_matrices_stay_dense_for_addmm():
+    w, b = packed_weight(torch.nn.Linear(64, 192))  # oneDNN's fixed cost per call would dominate
+    assert not w.is_mkldnn and tuple(w.shape) == (64, 192)
