@@ -12,7 +12,7 @@ import torch
 from transformer_book.bench import __main__ as cli
 from transformer_book.bench import speculative as bench
 from transformer_book.models import GPT, GPTConfig
-from transformer_book.speculative import PromptLookupDraft
+from transformer_book.speculative import PromptLookupDraft, expected_speedup
 
 torch.set_num_threads(1)
 
@@ -39,6 +39,34 @@ def test_measure_speedups_structure_and_exactness(models):
             assert 1.0 <= run["tokens_per_pass"]
             # the last repetition's passes produced every prompt's 10 tokens
             assert sum(run["accepted_lengths"]) + len(run["accepted_lengths"]) == 2 * 10
+            assert len(run["decode_speedups"]) == 2 and run["decode_speedup"] > 0
+    # the prefill is timed in each repetition and is part of the target-alone time
+    assert len(result["prefill_s"]) == 2 and all(0 < p < b for p, b in zip(result["prefill_s"], result["baseline_s"]))
+    assert [len(each) for each in result["baseline_prompt_s"]] == [2, 2]
+    assert [sum(each) for each in result["baseline_prompt_s"]] == pytest.approx(result["baseline_s"])
+
+
+def test_predicted_speedup_combines_prompts_as_the_measurement_does():
+    assert bench.predicted_speedup([0.8], 0.1, 4) == pytest.approx(expected_speedup(0.8, 0.1, 4))
+    assert bench.predicted_speedup([0.8, 0.8], 0.1, 4, [1.0, 3.0]) == pytest.approx(expected_speedup(0.8, 0.1, 4))
+    # two prompts of 1 s and 2 s alone: the set takes 1/S1 + 2/S2 seconds speculatively
+    s1, s2 = expected_speedup(0.99, 0.05, 7), expected_speedup(0.5, 0.05, 7)
+    assert bench.predicted_speedup([0.99, 0.5], 0.05, 7, [1.0, 2.0]) == pytest.approx(3.0 / (1.0 / s1 + 2.0 / s2))
+    # a mixture predicts less than the theorem at its mean alpha (tokens per pass is convex in alpha)
+    assert bench.predicted_speedup([0.99, 0.69], 0.05, 7) < expected_speedup(0.84, 0.05, 7)
+
+
+@pytest.mark.parametrize("args, error, match", [
+    (([], 0.1, 4), ValueError, "alphas"),
+    ((0.8, 0.1, 4), TypeError, "alphas"),
+    (([1.2], 0.1, 4), ValueError, r"alphas\[0\]"),
+    (([0.8], -0.1, 4), ValueError, "c"),
+    (([0.8, 0.7], 0.1, 4, [1.0]), ValueError, "weights"),
+    (([0.8], 0.1, 4, [0.0]), ValueError, r"weights\[0\]"),
+])
+def test_predicted_speedup_bad_input(args, error, match):
+    with pytest.raises(error, match=match):
+        bench.predicted_speedup(*args)
 
 
 def test_measure_costs_structure(models):
@@ -107,3 +135,5 @@ def test_the_full_benchmark_on_the_cpu_with_the_chapters_models(tmp_path):
     assert bench.validate_record(record, require_gpu=False)["settings"]["device"] == "cpu"
     assert record["results"]["runs"]["model"]["2"]["identical"] is True
     assert set(record["results"]["predicted_speedup"]) == {"1", "2"}
+    assert set(record["results"]["predicted_speedup_per_prompt"]) == {"1", "2"}
+    assert len(record["results"]["alpha_per_prompt"]) == 1

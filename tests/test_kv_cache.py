@@ -124,6 +124,7 @@ def test_bad_input_names_both_sides_and_leaves_the_cache_unchanged():
 
 
 # ---------------------------------------------------------------- chapter 8: more layouts, the fast path
+from transformer_book import cpu_kernels  # noqa: E402
 from transformer_book.attention import affine, packed_weight  # noqa: E402
 from transformer_book.kv_cache import GraphKVCache, SlidingWindowCache  # noqa: E402
 
@@ -268,18 +269,22 @@ def test_large_matrices_are_prepacked_for_onednn_and_equal_the_linears(rows, dty
     c = 512  # 512 x (512 + 256) weights: above ONEDNN_MIN_WEIGHTS
     lins = [torch.nn.Linear(c, n).to(dtype) for n in (512, 256)]
     x = torch.randn(rows, c, dtype=dtype)
-    w, b = packed_weight(*lins)
+    w, b, rows_w = packed_weight(*lins)
     assert w.is_mkldnn and tuple(w.shape) == (768, c)  # oneDNN's layout, (out, in)
+    # one row goes to the C kernel, which reads nn.Linear's own (out, in) layout
+    assert (rows_w is not None) == (dtype == torch.float32 and cpu_kernels.available())
+    if rows_w is not None:
+        assert torch.equal(rows_w, torch.cat([lin.weight for lin in lins]))
     expected = torch.cat([torch.nn.functional.linear(x.double(), lin.weight.double(), lin.bias.double())
                           for lin in lins], -1)
     tol = dict(atol=1e-4, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.1, rtol=0.02)
     nobias = torch.nn.Linear(c, c, bias=False).to(dtype)
     with torch.inference_mode():
-        torch.testing.assert_close(affine(x, w, b).double(), expected, **tol)
+        torch.testing.assert_close(affine(x, w, b, rows_w).double(), expected, **tol)
         torch.testing.assert_close(affine(x[None], *packed_weight(nobias)).double(),
                                    (x.double() @ nobias.weight.double().t())[None], **tol)
 
 
 def test_small_matrices_stay_dense_for_addmm():
-    w, b = packed_weight(torch.nn.Linear(64, 192))  # oneDNN's fixed cost per call would dominate
-    assert not w.is_mkldnn and tuple(w.shape) == (64, 192)
+    w, b, rows = packed_weight(torch.nn.Linear(64, 192))  # oneDNN's fixed cost per call would dominate
+    assert not w.is_mkldnn and tuple(w.shape) == (64, 192) and rows is None

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "seed_everything"]
+__all__ = ["__version__", "seed_everything", "cache_root"]
 
 
 def seed_everything(seed: int = 0) -> None:
@@ -31,3 +32,16 @@ def seed_everything(seed: int = 0) -> None:
     os.environ["PYTHONHASHSEED"] = str(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def cache_root() -> Path:
+    """The book's cache directory (not created here): ``$TRANSFORMER_BOOK_CACHE``, else
+    ``$XDG_CACHE_HOME/transformer-book``, else ``~/.cache/transformer-book``. Trained models
+    (:mod:`transformer_book.model_cache`) and compiled kernels (:mod:`transformer_book.cpu_kernels`)
+    live there."""
+    env = os.environ.get("TRANSFORMER_BOOK_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "transformer-book"

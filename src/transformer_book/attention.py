@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from transformer_book import _checks
+from transformer_book import _checks, cpu_kernels
 from transformer_book.masks import causal_mask, check_mask
 
 __all__ = [
@@ -187,41 +187,51 @@ def _onednn_ok(w: Tensor) -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
-def packed_weight(*linears: nn.Linear) -> tuple[Tensor, Tensor | None]:
+def packed_weight(*linears: nn.Linear) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """The weights of ``linears`` (one input size) side by side, for :func:`affine`:
-    ``(W, b (out,) or None)``, where ``out`` sums the linears' outputs, so that
-    ``affine(x, *packed_weight(*linears))`` equals ``torch.cat([lin(x) for lin in linears], dim=-1)``.
+    ``(W, b (out,) or None, rows (out, in) or None)``, where ``out`` sums the linears' outputs, so
+    that ``affine(x, *packed_weight(*linears))`` equals ``torch.cat([lin(x) for lin in linears], dim=-1)``.
 
     For decoding (chapter 8). A token multiplies one vector by every matrix, reading each weight
     once, so the speed is how fast memory streams the matrices: one product instead of three
-    (q, k, v) makes fewer, longer passes, and each matrix is stored the way a product with a few
-    rows streams it fastest (measured in the chapter). On a CPU with oneDNN (PyTorch's x86
-    builds), a large float32 or bfloat16 matrix is *prepacked* into oneDNN's blocked layout,
-    which its kernels read at close to the memory's speed for 1 to 32 rows, where the generic
-    ``addmm`` falls to a half or a third of it (what ``torch.compile`` does for CPU inference
-    too); any other matrix is stored ``(in, out)`` for ``addmm`` (``nn.Linear`` stores
-    ``(out, in)``). The copies are cached per model and remade whenever one of the tensors
-    changes (its address, dtype, device or in-place version: a training step,
-    ``load_state_dict``, ``.to()``).
+    (q, k, v) makes fewer, longer passes, and each matrix is stored the way a product streams it
+    fastest (measured in the chapter):
+
+    * one row (batch 1): ``rows``, ``nn.Linear``'s own ``(out, in)`` layout, for the book's C
+      kernel (:mod:`transformer_book.cpu_kernels`), which reads it at close to the memory's speed;
+      ``None`` where the kernel is not available or the matrix is small;
+    * several rows: on a CPU with oneDNN (PyTorch's x86 builds) a large float32 or bfloat16
+      matrix is *prepacked* into oneDNN's blocked layout, which its kernels read fast for 2 to
+      32 rows, where the generic ``addmm`` falls to a half or a third of it (what
+      ``torch.compile`` does for CPU inference too); any other matrix is stored ``(in, out)``
+      for ``addmm`` (``nn.Linear`` stores ``(out, in)``).
+
+    The copies are cached per model and remade whenever one of the tensors changes (its
+    address, dtype, device or in-place version: a training step, ``load_state_dict``, ``.to()``).
     """
     tensors = [t for lin in linears for t in (lin.weight, lin.bias) if t is not None]
     key = (len(linears), *((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors))
     cached = _PACKED.get(linears[0])
     if cached is None or cached[0] != key:
         with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, usable anywhere
-            w = torch.cat([lin.weight for lin in linears])  # (out, in)
-            # oneDNN's layout is tuned for the batch size it is told; 8 serves 1 to 32 rows well
-            w = torch.ops.mkldnn._reorder_linear_weight(w, 8) if _onednn_ok(w) else w.t().contiguous()
+            rows = torch.cat([lin.weight for lin in linears]) if len(linears) > 1 else linears[0].weight.contiguous()
+            big = _onednn_ok(rows)
+            # oneDNN's layout is tuned for the batch size it is told; 8 serves 2 to 32 rows well
+            w = torch.ops.mkldnn._reorder_linear_weight(rows, 8) if big else rows.t().contiguous()
             has_bias = all(lin.bias is not None for lin in linears)
             bias = torch.cat([lin.bias for lin in linears]) if has_bias else None
-            cached = _PACKED[linears[0]] = (key, (w, bias))
+            use_gemv = big and rows.dtype == torch.float32 and cpu_kernels.available()
+            cached = _PACKED[linears[0]] = (key, (w, bias, rows.detach() if use_gemv else None))
     return cached[1]
 
 
-def affine(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
+def affine(x: Tensor, w: Tensor, bias: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
     """``x @ W + b`` for ``x`` ``(..., in)`` and a weight from :func:`packed_weight`: ``(in, out)``,
-    or oneDNN's prepacked layout (a ``torch._mkldnn`` tensor of shape ``(out, in)``)."""
+    or oneDNN's prepacked layout (a ``torch._mkldnn`` tensor of shape ``(out, in)``); a single
+    row goes to the C kernel when ``rows`` (``W`` as ``(out, in)``) is given."""
     flat = x.reshape(-1, x.shape[-1])  # (M, in)
+    if rows is not None and flat.shape[0] == 1:
+        return cpu_kernels.gemv(flat.contiguous(), rows, bias, check=False).view(*x.shape[:-1], rows.shape[0])
     if w.is_mkldnn:
         y = torch.ops.mkldnn._linear_pointwise(flat, w, bias, "none", [], "")
         return y.view(*x.shape[:-1], w.shape[0])
@@ -375,17 +385,23 @@ class MultiHeadAttention(nn.Module):
         return self.attend(q, k, v, mask, need_weights=need_weights, is_causal=cache is None)
 
     # ---- inference fast path (chapter 8) -------------------------------------------------------
-    def decode(self, x: Tensor, mask: Tensor | None, cache, layer: int) -> Tensor:
+    def decode(self, x: Tensor, mask: Tensor | None, cache, layer: int, qkv: tuple | None = None,
+               out: tuple | None = None) -> Tensor:
         """The inference fast path of :meth:`self_attend` with a cache: the same math, with q, k and v
-        from one product (:func:`packed_weight`), no checks and no weights.
+        from one product, no checks and no weights. ``qkv`` and ``out``: the projections as
+        :func:`packed_weight` stores them (made here when not given).
         ``x`` ``(B, T, d_model)`` -> ``(B, T, d_model)``."""
+        qkv = qkv or packed_weight(self.q_proj, self.k_proj, self.v_proj)
         kv_dim = self.n_kv_heads * self.head_dim
-        q, k, v = affine(x, *packed_weight(self.q_proj, self.k_proj, self.v_proj)).split(
-            [self.d_model, kv_dim, kv_dim], dim=-1)
+        q, k, v = affine(x, *qkv).split([self.d_model, kv_dim, kv_dim], dim=-1)
         q = _split_heads(q, self.n_heads)  # (B, H, T, D)
         k, v = cache.update(layer, _split_heads(k, self.n_kv_heads), _split_heads(v, self.n_kv_heads))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_heads > self.n_kv_heads)
-        return affine(_merge_heads(out), *packed_weight(self.out_proj))
+        if mask is None and q.shape[2] == 1 and q.dtype == torch.float32 and q.device.type == "cpu" \
+                and cpu_kernels.available():  # one query per head: the C loop reads the cache fastest
+            y = cpu_kernels.decode_attention(q.contiguous(), k, v, check=False)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_heads > self.n_kv_heads)
+        return affine(_merge_heads(y), *(out or packed_weight(self.out_proj)))
 
     def _check_forward(self, x_q, x_kv, mask, bias, kv, need_weights) -> None:
         x_q = self._check_stream("x_q", x_q)

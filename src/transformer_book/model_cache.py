@@ -31,20 +31,10 @@ from typing import Any
 
 from torch import nn
 
-from transformer_book import _checks
+from transformer_book import _checks, cache_root
 from transformer_book.train import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 
 __all__ = ["cache_root", "recipe_key", "entry_path", "cached_model", "clear_entry", "describe"]
-
-
-def cache_root() -> Path:
-    """The cache directory (not created here): see the module docstring for the order of lookup."""
-    env = os.environ.get("TRANSFORMER_BOOK_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "transformer-book"
 
 
 def _canonical(recipe: object, seed: object) -> str:

@@ -163,13 +163,21 @@ class Block(nn.Module):
         x = x + self.resid_dropout(self.mlp(self.ln_2(x)))  # transform each position
         return x, weights
 
-    def decode(self, x: Tensor, mask: Tensor | None, cache) -> Tensor:
+    def decode(self, x: Tensor, mask: Tensor | None, cache, weights: tuple) -> Tensor:
         """The inference fast path of :meth:`forward` with a cache: the same math, without checks,
-        dropout or attention weights, with ``F.layer_norm`` and the weights stored for decoding
-        (:func:`~transformer_book.attention.packed_weight`). ``(B, T, C)`` -> ``(B, T, C)``."""
-        x = x + self.attn.decode(_layer_norm(self.ln_1, x), mask, cache, self.layer)
-        h = F.gelu(affine(_layer_norm(self.ln_2, x), *packed_weight(self.mlp.fc_in)), approximate="tanh")
-        return x + affine(h, *packed_weight(self.mlp.fc_out))
+        dropout or attention weights, with ``F.layer_norm`` and ``weights`` (from
+        :meth:`decode_weights`) stored for decoding. ``(B, T, C)`` -> ``(B, T, C)``."""
+        qkv, out, fc_in, fc_out = weights
+        x = x + self.attn.decode(_layer_norm(self.ln_1, x), mask, cache, self.layer, qkv, out)
+        h = F.gelu(affine(_layer_norm(self.ln_2, x), *fc_in), approximate="tanh")
+        return x + affine(h, *fc_out)
+
+    def decode_weights(self) -> tuple:
+        """This block's matrices in their decoding layout (:func:`~transformer_book.attention.packed_weight`):
+        q, k and v side by side, the attention's output projection, the feed-forward's two layers."""
+        a, mlp = self.attn, self.mlp
+        return (packed_weight(a.q_proj, a.k_proj, a.v_proj), packed_weight(a.out_proj),
+                packed_weight(mlp.fc_in), packed_weight(mlp.fc_out))
 
 
 def _layer_norm(ln: LayerNorm, x: Tensor) -> Tensor:
@@ -295,14 +303,28 @@ class GPT(nn.Module):
             if not callable(getattr(cache, "positions", None)):
                 raise TypeError(f"decode_step needs a cache with positions(n_new) (a KVCache), got "
                                 f"{_checks.describe(cache)}")
+        *blocks, head = self._decode_weights(thorough=check)
         t = idx.shape[1]
         x = self.wte.weight[idx] + self.wpe.weight[cache.positions(t)]  # (B, T, C)
         mask = cache.attention_mask(t)  # None: one new token reads every cached key
-        for block in self.h:
-            x = block.decode(x, mask, cache)
+        for block, weights in zip(self.h, blocks):
+            x = block.decode(x, mask, cache, weights)
         cache.advance(t)
         x = x[:, -1] if last_only else x  # (B, C), or (B, T, C) for every new position
-        return affine(_layer_norm(self.ln_f, x), *packed_weight(self.lm_head))  # (B, [T,] V): tied head
+        return affine(_layer_norm(self.ln_f, x), *head)  # (B, [T,] V): the tied head
+
+    def _decode_weights(self, thorough: bool) -> list:
+        """Every block's :meth:`Block.decode_weights` and the LM head's, made once and reused until a
+        parameter changes (its address or in-place version: a training step, ``load_state_dict``,
+        ``.to()``). ``thorough`` walks the module tree, so a parameter replaced by assignment is
+        caught too; otherwise the parameters seen last time are compared, which costs a tenth."""
+        seen = self.__dict__.get("_decode_cache")  # (parameters, their (address, version), weights)
+        params = list(self.parameters()) if thorough or seen is None else seen[0]
+        key = [(p.data_ptr(), p._version) for p in params]
+        if seen is None or key != seen[1] or (thorough and any(a is not b for a, b in zip(params, seen[0]))):
+            weights = [block.decode_weights() for block in self.h] + [packed_weight(self.lm_head)]
+            self.__dict__["_decode_cache"] = seen = (params, key, weights)
+        return seen[2]
 
     def _check_forward(self, idx, targets, cache, past_key_values, use_cache, need_weights) -> None:
         c = self.config
