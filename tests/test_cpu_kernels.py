@@ -1,4 +1,4 @@
-"""Chapter 8's C loops (transformer_book.cpu_kernels) against PyTorch's own kernels."""
+"""Chapter 8's C matrix-vector product (transformer_book.cpu_kernels) against PyTorch's."""
 
 import os
 import subprocess
@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from transformer_book import cpu_kernels
-from transformer_book.attention import scaled_dot_product_attention
 
 needs_kernels = pytest.mark.skipif(not cpu_kernels.available(), reason=cpu_kernels.status())
 
@@ -41,36 +40,6 @@ def test_gemv_on_gpt2_sized_matrices_and_any_thread_count():
 
 
 @needs_kernels
-@pytest.mark.parametrize("seed", range(12))
-def test_decode_attention_equals_sdpa_on_cache_views(seed):
-    g = torch.Generator().manual_seed(seed)
-    b, d = 1 + seed % 3, [8, 24, 64][seed % 3]
-    h_kv = [1, 2, 4][seed % 3]  # MQA, GQA, ...
-    h = h_kv * [1, 2, 3][(seed // 3) % 3]  # ... and MHA when the group is 1
-    n, t_max = 1 + (seed * 37) % 90, 100
-    q = torch.randn(b, h, 1, d, generator=g)
-    keys, values = torch.randn(b, h_kv, t_max, d, generator=g), torch.randn(b, h_kv, t_max, d, generator=g)
-    k, v = keys[:, :, :n], values[:, :, :n]  # the filled part of a KVCache buffer: a strided view
-    expected = F.scaled_dot_product_attention(q, k, v, enable_gqa=h > h_kv)
-    torch.testing.assert_close(cpu_kernels.decode_attention(q, k, v), expected, rtol=1e-5, atol=1e-5)
-    ours, _ = scaled_dot_product_attention(q, k.repeat_interleave(h // h_kv, 1), v.repeat_interleave(h // h_kv, 1))
-    torch.testing.assert_close(cpu_kernels.decode_attention(q, k, v), ours, rtol=1e-5, atol=1e-5)
-    scale = 0.3
-    torch.testing.assert_close(cpu_kernels.decode_attention(q, k, v, scale),
-                               F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=h > h_kv),
-                               rtol=1e-5, atol=1e-5)
-
-
-@needs_kernels
-def test_decode_attention_does_not_overflow_on_large_scores():
-    q = torch.full((1, 2, 1, 4), 300.0)
-    k, v = torch.full((1, 2, 5, 4), 300.0), torch.randn(1, 2, 5, 4)
-    out = cpu_kernels.decode_attention(q, k, v)
-    assert torch.isfinite(out).all()
-    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
-
-
-@needs_kernels
 def test_bad_input_names_the_argument():
     x, w = torch.randn(1, 8), torch.randn(4, 8)
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
@@ -83,15 +52,6 @@ def test_bad_input_names_the_argument():
         cpu_kernels.gemv(torch.randn(cpu_kernels.MAX_ROWS + 1, 8), w)
     with pytest.raises(ValueError, match=r"bias must have shape \(out,\) = \(4\), got shape \(5,\)"):
         cpu_kernels.gemv(x, w, torch.randn(5))
-    q, k = torch.randn(1, 4, 1, 8), torch.randn(1, 2, 6, 8)
-    with pytest.raises(ValueError, match=r"q must have shape \(B, H, 1, D\): one query"):
-        cpu_kernels.decode_attention(torch.randn(1, 4, 2, 8), k, k)
-    with pytest.raises(ValueError, match="k.shape\\[1\\] \\(H_kv\\)=3 must divide q.shape\\[1\\] \\(H\\)=4"):
-        cpu_kernels.decode_attention(q, torch.randn(1, 3, 6, 8), torch.randn(1, 3, 6, 8))
-    with pytest.raises(ValueError, match="rows of D=8 contiguous"):
-        cpu_kernels.decode_attention(q, k.transpose(2, 3).contiguous().transpose(2, 3), k)
-    with pytest.raises(ValueError, match="scale must be"):
-        cpu_kernels.decode_attention(q, k, k, scale=0.0)
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -140,5 +100,30 @@ def test_without_a_compiler_the_model_falls_back_to_pytorch(tmp_path):
     done = _python(code, TRANSFORMER_BOOK_CACHE=str(tmp_path), CC=str(tmp_path / "no-such-compiler"))
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == "False" and "C kernels not available" in lines[1] and "PyTorch's kernels are used" in lines[1]
+    assert lines[0] == "False" and "C kernel not available" in lines[1] and "PyTorch's kernels are used" in lines[1]
     assert lines[2:] == ["True", "RuntimeError True"]
+
+
+def test_decode_step_with_and_without_the_kernel_equals_forward():
+    """GPT-2's width: the matrices are large enough for the kernel (one row) and oneDNN (several)."""
+    from transformer_book.models import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, block_size=24, n_layer=2, n_head=12, n_embd=768)).eval()
+    seq = torch.randint(300, (2, 20))
+    before = cpu_kernels.available()
+    with torch.inference_mode():
+        full = model(seq).logits
+    for on in (True, False):
+        with cpu_kernels.enabled(on):
+            cache = model.new_cache(2, 20)
+            got = [model.decode_step(seq[:, :12], cache)]
+            got += [model.decode_step(seq[:, t:t + 1], cache, check=False) for t in range(12, 20)]
+            torch.testing.assert_close(torch.stack(got, 1), full[:, 11:], atol=1e-4, rtol=1e-4)
+            cache.crop(15)  # a verification-style pass of several tokens after a rollback
+            torch.testing.assert_close(model.decode_step(seq[:, 15:20], cache, last_only=False), full[:, 15:20],
+                                       atol=1e-4, rtol=1e-4)
+    with pytest.raises(TypeError, match="on must be a bool"):
+        with cpu_kernels.enabled(1):
+            pass
+    assert cpu_kernels.available() == before  # switched back on

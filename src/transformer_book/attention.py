@@ -230,7 +230,7 @@ def affine(x: Tensor, w: Tensor, bias: Tensor | None = None, rows: Tensor | None
     or oneDNN's prepacked layout (a ``torch._mkldnn`` tensor of shape ``(out, in)``); a single
     row goes to the C kernel when ``rows`` (``W`` as ``(out, in)``) is given."""
     flat = x.reshape(-1, x.shape[-1])  # (M, in)
-    if rows is not None and flat.shape[0] == 1:
+    if rows is not None and flat.shape[0] == 1 and cpu_kernels.available():
         return cpu_kernels.gemv(flat.contiguous(), rows, bias, check=False).view(*x.shape[:-1], rows.shape[0])
     if w.is_mkldnn:
         y = torch.ops.mkldnn._linear_pointwise(flat, w, bias, "none", [], "")
@@ -396,11 +396,7 @@ class MultiHeadAttention(nn.Module):
         q, k, v = affine(x, *qkv).split([self.d_model, kv_dim, kv_dim], dim=-1)
         q = _split_heads(q, self.n_heads)  # (B, H, T, D)
         k, v = cache.update(layer, _split_heads(k, self.n_kv_heads), _split_heads(v, self.n_kv_heads))
-        if mask is None and q.shape[2] == 1 and q.dtype == torch.float32 and q.device.type == "cpu" \
-                and cpu_kernels.available():  # one query per head: the C loop reads the cache fastest
-            y = cpu_kernels.decode_attention(q.contiguous(), k, v, check=False)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_heads > self.n_kv_heads)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_heads > self.n_kv_heads)
         return affine(_merge_heads(y), *(out or packed_weight(self.out_proj)))
 
     def _check_forward(self, x_q, x_kv, mask, bias, kv, need_weights) -> None:

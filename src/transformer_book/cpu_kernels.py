@@ -1,26 +1,24 @@
-"""Two C loops that read memory at its speed, for a decoding step on the CPU (chapter 8).
+"""A matrix-vector product that reads the weights at the memory's speed (chapter 8).
 
-Decoding one token multiplies one vector by every weight matrix and lets one query per head
-read the cached keys and values: each byte is read once and used for one multiply-add, so a
-step can go no faster than memory streams the model's bytes. PyTorch's general kernels for
-these shapes (MKL's ``gemv``, oneDNN's prepacked ``linear``, ``scaled_dot_product_attention``)
-spend much of their time around the read; the two loops of ``cpu_kernels.c`` (shown in the
-chapter) do nothing but the read:
+Decoding one token multiplies one vector by every weight matrix: each weight is read once and
+used for one multiply-add, so a step can go no faster than memory streams the model's bytes.
+PyTorch's CPU kernels for this shape (MKL's ``gemv``, oneDNN's prepacked ``linear``) reach a
+half to three quarters of that speed on the book's CPU; the loop of ``cpu_kernels.c`` (shown
+in the chapter) reaches nine tenths or more, because it does nothing but stream each row of
+``W`` once and multiply it with the vector held in the L1 cache.
 
-* :func:`gemv`: ``F.linear(x, w, bias)`` for a few rows of ``x``, ``w`` in ``nn.Linear``'s own
-  ``(out, in)`` layout (no copy of the weights);
-* :func:`decode_attention`: one new query per head over the cache, ``softmax(q k^T / sqrt(D)) v``,
-  grouped-query attention included.
-
-The C source is compiled once per machine with the system's C compiler (``$CC``, else ``cc``
-or ``gcc``; :data:`FLAGS`) into the book's cache directory (:func:`transformer_book.cache_root`),
-written atomically and checked against ``torch`` each time it is loaded. Where there is no
-compiler, or the check fails, :func:`available` is ``False``, :func:`status` says why, and the
-book's decoding uses PyTorch's kernels instead. Float32 CPU tensors only.
+:func:`gemv` is ``F.linear(x, w, bias)`` for a few rows of ``x``, ``w`` in ``nn.Linear``'s own
+``(out, in)`` layout (no copy of the weights). The C source is compiled once per machine with
+the system's C compiler (``$CC``, else ``cc`` or ``gcc``; :data:`FLAGS`) into the book's cache
+directory (:func:`transformer_book.cache_root`), written atomically and checked against
+``torch`` each time it is loaded (rebuilt if the file is bad). Where there is no compiler, or
+the check fails, :func:`available` is ``False``, :func:`status` says why, and the book's
+decoding uses PyTorch's kernels instead. Float32 CPU tensors only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -36,7 +34,7 @@ from torch import Tensor
 
 from transformer_book import _checks, cache_root
 
-__all__ = ["SOURCE", "FLAGS", "MAX_ROWS", "available", "status", "library_path", "gemv", "decode_attention"]
+__all__ = ["SOURCE", "FLAGS", "MAX_ROWS", "available", "enabled", "status", "library_path", "gemv"]
 
 #: The kernel's C source, shipped with the package.
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
@@ -45,7 +43,7 @@ FLAGS = ("-O3", "-march=native", "-funroll-loops", "-fopenmp", "-shared", "-fPIC
 #: More rows than this re-read each row of ``W`` from L2 instead of L1: a GEMM serves them better.
 MAX_ROWS = 16
 
-_state: dict = {}  # "lib": the loaded functions or None, "why": the reason it is None, "path"
+_state: dict = {}  # "fn": the loaded function or None, "why": the reason it is None, "path", "off"
 
 
 def _compiler() -> str | None:
@@ -91,80 +89,76 @@ def _build(path: Path, compiler: str) -> None:
             os.remove(tmp)
 
 
-def _load(path: Path) -> dict:
-    lib = ctypes.CDLL(str(path))
-    p, i, f = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
-    fns = {"gemv": lib.gemv_f32, "attention": lib.decode_attention_f32}
-    fns["gemv"].argtypes = [p, p, p, p, i, i, i, ctypes.c_int]
-    fns["attention"].argtypes = [p, p, p, p, i, i, i, i, i, i, i, f, ctypes.c_int]
-    for fn in fns.values():
-        fn.restype = None
-    return fns
+def _load(path: Path):
+    fn = ctypes.CDLL(str(path)).gemv_f32
+    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
+    fn.restype = None
+    return fn
 
 
-def _self_test(lib: dict) -> None:
-    """The loaded kernels against ``torch`` on awkward sizes (odd lengths, 1 and 3 rows, a bias or
-    none, grouped heads, a strided cache view): a stale or foreign library fails here, not in a
-    model."""
+def _self_test(fn) -> None:
+    """The loaded kernel against ``torch`` on awkward sizes (odd lengths, 1 and 3 rows, with and
+    without a bias): a stale or foreign library fails here, not in a model."""
     g = torch.Generator().manual_seed(0)
     for rows, n_out, n_in in ((1, 37, 19), (3, 5, 130), (1, 64, 1)):
         x, w, b = (torch.randn(*s, generator=g) for s in ((rows, n_in), (n_out, n_in), (n_out,)))
         for bias in (b, None):
-            if not torch.allclose(_gemv(lib, x, w, bias), F.linear(x, w, bias), rtol=1e-5, atol=1e-5):
+            if not torch.allclose(_gemv(fn, x, w, bias), F.linear(x, w, bias), rtol=1e-5, atol=1e-5):
                 raise RuntimeError("the compiled gemv disagrees with torch.nn.functional.linear")
-    q = torch.randn(2, 6, 1, 24, generator=g)
-    k, v = (torch.randn(2, 3, 40, 24, generator=g)[:, :, :29] for _ in range(2))  # views, as in a cache
-    expected = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-    if not torch.allclose(_attention(lib, q, k, v, 24 ** -0.5), expected, rtol=1e-5, atol=1e-5):
-        raise RuntimeError("the compiled decode_attention disagrees with F.scaled_dot_product_attention")
 
 
-def _library() -> dict | None:
-    """The loaded C functions, compiling them first if needed; ``None`` (and the reason) if impossible."""
-    if "lib" not in _state:
+def _library():
+    """The loaded C function, compiling it first if needed; ``None`` (and the reason) if impossible."""
+    if "fn" not in _state:
         compiler = _compiler()
         try:
             if compiler is None:
                 raise RuntimeError("no C compiler found (set $CC, or install gcc)")
             path = library_path(compiler)
             try:
-                lib = _load(path)  # a library built by an earlier run ...
-                _self_test(lib)
+                fn = _load(path)  # a library built by an earlier run ...
+                _self_test(fn)
             except (OSError, RuntimeError):  # ... missing, unreadable or wrong: (re)build it
                 _build(path, compiler)
-                lib = _load(path)
-                _self_test(lib)
-            _state.update(lib=lib, why="", path=path)
+                fn = _load(path)
+                _self_test(fn)
+            _state.update(fn=fn, why="", path=path)
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-            _state.update(lib=None, why=f"{type(exc).__name__}: {exc}", path=None)
-    return _state["lib"]
+            _state.update(fn=None, why=f"{type(exc).__name__}: {exc}", path=None)
+    return _state["fn"]
 
 
 def available() -> bool:
-    """Whether the compiled kernels can be used here (they are compiled on the first call)."""
-    return _library() is not None
+    """Whether the compiled kernel can be used here (it is compiled on the first call) and is
+    switched on (:func:`enabled`)."""
+    return _library() is not None and not _state.get("off", False)
+
+
+@contextlib.contextmanager
+def enabled(on: bool):
+    """``with enabled(False):`` the book's decoding uses PyTorch's kernels instead, so that the two
+    can be measured side by side (the chapter does); ``enabled(True)`` switches it back on."""
+    on = _checks.boolean("on", on)
+    before = _state.get("off", False)
+    _state["off"] = not on
+    try:
+        yield
+    finally:
+        _state["off"] = before
 
 
 def status() -> str:
-    """One line: where the compiled kernels were loaded from, or why they are not available."""
+    """One line: where the compiled kernel was loaded from, or why it is not available."""
     if _library() is None:
-        return f"C kernels not available ({_state['why']}); PyTorch's kernels are used instead"
-    return f"C kernels compiled from {SOURCE.name} with {' '.join(FLAGS)}, loaded from {_state['path'].name}"
+        return f"C kernel not available ({_state['why']}); PyTorch's kernels are used instead"
+    return f"C kernel compiled from {SOURCE.name} with {' '.join(FLAGS)}, loaded from {_state['path'].name}"
 
 
-def _gemv(lib: dict, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
-    y = x.new_empty(x.shape[0], w.shape[0])
-    lib["gemv"](w.data_ptr(), x.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
-                x.shape[0], w.shape[0], w.shape[1], torch.get_num_threads())
+def _gemv(fn, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
+    y = x.new_empty(x.shape[0], w.shape[0])  # (M, out)
+    fn(w.data_ptr(), x.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
+       x.shape[0], w.shape[0], w.shape[1], torch.get_num_threads())
     return y
-
-
-def _attention(lib: dict, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-    b, h, _, d = q.shape
-    out = q.new_empty(b, h, 1, d)
-    lib["attention"](q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), b, h, k.shape[1], k.shape[2], d,
-                     k.stride(0), k.stride(1), scale, torch.get_num_threads())
-    return out
 
 
 def _check_float32_cpu(**tensors: Tensor | None) -> None:
@@ -173,11 +167,11 @@ def _check_float32_cpu(**tensors: Tensor | None) -> None:
             raise TypeError(f"{name} must be a float32 CPU tensor, got {_checks.describe(t)} on {t.device}")
 
 
-def _need_library() -> dict:
-    lib = _library()
-    if lib is None:
+def _need_library():
+    fn = _library()
+    if fn is None:
         raise RuntimeError(status())
-    return lib
+    return fn
 
 
 def gemv(x: Tensor, w: Tensor, bias: Tensor | None = None, *, check: bool = True) -> Tensor:
@@ -186,7 +180,7 @@ def gemv(x: Tensor, w: Tensor, bias: Tensor | None = None, *, check: bool = True
 
     Uses ``torch.get_num_threads()`` threads. ``check=False`` skips the checks, for a caller that
     holds the invariants (``x`` contiguous too) and has seen :func:`available` be true. Raises
-    ``RuntimeError`` (with :func:`status`'s reason) where the kernels are not available.
+    ``RuntimeError`` (with :func:`status`'s reason) where the kernel is not available.
     """
     if check:
         x = _checks.float_tensor("x", x, 2, layout="(M, in)")
@@ -199,35 +193,4 @@ def gemv(x: Tensor, w: Tensor, bias: Tensor | None = None, *, check: bool = True
         if bias is not None:
             _checks.shape_is("bias", bias, (w.shape[0],), layout="(out,)")
         x, w, bias = x.contiguous(), w.contiguous(), None if bias is None else bias.contiguous()
-    return _gemv(_need_library() if check else _state["lib"], x, w, bias)
-
-
-def decode_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, *,
-                     check: bool = True) -> Tensor:
-    """One new query per head over ``n`` cached positions: ``softmax(q k^T * scale) v``, what
-    ``F.scaled_dot_product_attention(q, k, v, enable_gqa=True)`` computes for one query.
-
-    ``q`` ``(B, H, 1, D)``; ``k``, ``v`` ``(B, H_kv, n, D)`` with ``H_kv`` dividing ``H`` (query
-    head ``h`` reads key/value head ``h // (H / H_kv)``), each row of ``D`` contiguous (a slice
-    ``[:, :, :n]`` of a :class:`~transformer_book.kv_cache.KVCache` buffer is); ``scale``
-    defaults to ``1 / sqrt(D)``. Float32 CPU tensors -> ``(B, H, 1, D)``. ``check=False``: as
-    for :func:`gemv` (and ``q`` contiguous).
-    """
-    if scale is None:
-        scale = q.shape[-1] ** -0.5
-    if check:
-        q = _checks.float_tensor("q", q, 4, layout="(B, H, 1, D)")
-        k = _checks.float_tensor("k", k, 4, layout="(B, H_kv, n, D)")
-        v = _checks.float_tensor("v", v, 4, layout="(B, H_kv, n, D)")
-        _check_float32_cpu(q=q, k=k, v=v)
-        b, h, _, d = _checks.shape_is("q", q, (None, None, 1, None), layout="(B, H, 1, D): one query").shape
-        _checks.shape_is("k", k, (b, None, None, d), layout=f"(B={b}, H_kv, n, D={d})")
-        _checks.shape_is("v", v, tuple(k.shape), layout="(B, H_kv, n, D) of k")
-        _checks.divides("k.shape[1] (H_kv)", k.shape[1], "q.shape[1] (H)", h,
-                        "each key/value head serves an equal group of query heads")
-        if k.stride() != v.stride() or k.stride(3) != 1 or k.stride(2) != d:
-            raise ValueError(f"k and v must share strides with rows of D={d} contiguous, got strides "
-                             f"{k.stride()} and {v.stride()}")
-        scale = _checks.number("scale", scale, 0.0, None, low_open=True)
-        q = q.contiguous()
-    return _attention(_need_library() if check else _state["lib"], q, k, v, float(scale))
+    return _gemv(_need_library() if check else _state["fn"], x, w, bias)

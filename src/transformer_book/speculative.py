@@ -437,6 +437,7 @@ def speculative_generate(
             raise ValueError(f"the prompt ({idx.shape[1]} tokens) plus max_new_tokens={max_new_tokens} is {total} "
                              f"tokens, more than the {name}'s context window block_size={window}")
 
+    _prepare([target] + ([draft] if model_draft else []))
     # decode_step has no dropout whatever the mode (and generate's fast loop leaves the mode
     # alone too); only a model run through its forward is put in eval mode for the loop.
     models = [m for m in [target] + ([draft] if model_draft else []) if not hasattr(m, "decode_step")]
@@ -482,6 +483,14 @@ def _speculative_loop(target, draft, idx, max_new_tokens, k, settings, generator
     for group in done:
         out[group.rows] = group.out
     return out, stats
+
+
+def _prepare(models: list) -> None:
+    """The loops call ``decode_step(check=False)``, which trusts the weights it prepared last time:
+    look at them once here (a model trained since is re-prepared)."""
+    for model in models:
+        if hasattr(model, "prepare_decoding"):
+            model.prepare_decoding()
 
 
 def _step(model: nn.Module, x: Tensor, cache: KVCache, last_only: bool = True) -> Tensor:
@@ -707,6 +716,7 @@ def decode_step_seconds(model: nn.Module, idx: Tensor, n_new: int = 1, steps: in
         raise ValueError(f"idx ({idx.shape[1]} tokens) plus n_new={n_new} exceeds block_size={model.config.block_size}")
     was_training = model.training
     model.eval()
+    _prepare([model])
     try:
         cache = KVCache.for_model(model, idx.shape[0], idx.shape[1] + n_new)
         _step(model, idx, cache)

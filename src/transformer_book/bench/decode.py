@@ -335,6 +335,7 @@ class CUDAGraphDecoder:
         if use_graph and not torch.cuda.is_available():
             raise NoGPUError("a CUDA graph needs a CUDA GPU (use_graph=False runs the same step eagerly)")
         self.model = model.eval()
+        model.prepare_decoding()  # the recorded step runs decode_step(check=False): weights as they are now
         self.cache = GraphKVCache.for_model(model, batch_size, max_len)
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=self.cache.device)  # the step's input
         self.use_graph, self.graph = use_graph, None

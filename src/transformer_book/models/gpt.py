@@ -294,8 +294,9 @@ class GPT(nn.Module):
         only, under ``torch.inference_mode``. ``cache`` follows
         :mod:`transformer_book.kv_cache`'s protocol including ``positions`` (a
         :class:`~transformer_book.kv_cache.KVCache`, ``SlidingWindowCache`` or ``GraphKVCache``).
-        ``check=False`` skips the input checks, for a caller that checked already (a CUDA graph
-        cannot contain the host synchronisation that checking token ids needs).
+        ``check=False`` skips the input checks and the look at the weights
+        (:meth:`prepare_decoding`), for a caller that did both already (a CUDA graph cannot contain
+        the host synchronisation that checking token ids needs; a decoding loop checks once).
         """
         if check:
             self._check_forward(idx, None, cache, None, False, False)
@@ -303,25 +304,29 @@ class GPT(nn.Module):
             if not callable(getattr(cache, "positions", None)):
                 raise TypeError(f"decode_step needs a cache with positions(n_new) (a KVCache), got "
                                 f"{_checks.describe(cache)}")
-        *blocks, head = self._decode_weights(thorough=check)
+        prepared = self.__dict__.get("_decode_cache")
+        *blocks, head = self.prepare_decoding() if check or prepared is None else prepared[2]
         t = idx.shape[1]
         x = self.wte.weight[idx] + self.wpe.weight[cache.positions(t)]  # (B, T, C)
         mask = cache.attention_mask(t)  # None: one new token reads every cached key
+        if mask is not None and mask.dtype == torch.bool:  # as the scores' additive -inf, once for all layers
+            mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
         for block, weights in zip(self.h, blocks):
             x = block.decode(x, mask, cache, weights)
         cache.advance(t)
         x = x[:, -1] if last_only else x  # (B, C), or (B, T, C) for every new position
         return affine(_layer_norm(self.ln_f, x), *head)  # (B, [T,] V): the tied head
 
-    def _decode_weights(self, thorough: bool) -> list:
-        """Every block's :meth:`Block.decode_weights` and the LM head's, made once and reused until a
-        parameter changes (its address or in-place version: a training step, ``load_state_dict``,
-        ``.to()``). ``thorough`` walks the module tree, so a parameter replaced by assignment is
-        caught too; otherwise the parameters seen last time are compared, which costs a tenth."""
+    def prepare_decoding(self) -> list:
+        """Every block's :meth:`Block.decode_weights` and the LM head's, for :meth:`decode_step`: made
+        once and remade only when a parameter has changed (replaced, moved by ``.to()``, or changed
+        in place by a training step or ``load_state_dict``). ``decode_step`` calls it when it checks
+        its inputs; a loop that calls ``decode_step(check=False)`` calls it (or a checked step) at
+        its door. Walking the parameters costs about as much as one matrix of a small model."""
         seen = self.__dict__.get("_decode_cache")  # (parameters, their (address, version), weights)
-        params = list(self.parameters()) if thorough or seen is None else seen[0]
+        params = list(self.parameters())
         key = [(p.data_ptr(), p._version) for p in params]
-        if seen is None or key != seen[1] or (thorough and any(a is not b for a, b in zip(params, seen[0]))):
+        if seen is None or key != seen[1] or any(a is not b for a, b in zip(params, seen[0])):
             weights = [block.decode_weights() for block in self.h] + [packed_weight(self.lm_head)]
             self.__dict__["_decode_cache"] = seen = (params, key, weights)
         return seen[2]
