@@ -47,6 +47,7 @@ from pathlib import Path
 
 import torch
 
+from transformer_book import cpu_kernels
 from transformer_book.generate import generate
 from transformer_book.kv_cache import GraphKVCache, kv_cache_bytes
 from transformer_book.models import GPT
@@ -309,6 +310,9 @@ def _run_cpu(s: DecodeSettings, progress) -> dict:
     provenance = collect_provenance()
     provenance["machine"] = _machine() | {"loadavg_before": load_before}
     provenance["torch_threads"] = s.threads
+    # How idle OpenMP threads wait between the step's parallel products changes the result
+    provenance["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
+    provenance["cpu_kernels"] = cpu_kernels.status()
     record = {"schema": SCHEMA, "device": "cpu", "settings": asdict(s), "provenance": provenance,
               "results": results, "targets": targets}
     validate_record(record)
