@@ -175,6 +175,14 @@ def _build_table() -> None:  # noqa: C901 - one long table, read top to bottom
     case("masks.to_torch_key_padding_mask(float)", lambda: mod("masks").to_torch_key_padding_mask(
         torch.ones(2, 1, 1, 3)), "mask")
 
+    # ---- cpu_kernels: chapter 8's C loop (its own door checks, then C trusts them)
+    sweep("cpu_kernels.gemv", fn("cpu_kernels", "gemv"), lambda: dict(x=t(1, 8), w=t(4, 8, seed=1), bias=t(4, seed=2)),
+          {"x": [NOT_TENSOR, INT_TENSOR, L("wrong in", lambda: t(1, 7)), L("17 rows", lambda: t(17, 8)),
+                 L("float64", lambda: t(1, 8, dtype=torch.float64))],
+           "w": [NOT_TENSOR, L("1-d", lambda: t(8))],
+           "bias": [L("wrong out", lambda: t(5)), NOT_TENSOR, L("2-d", lambda: t(1, 4))]})
+    case("cpu_kernels.enabled(on=1)", lambda: mod("cpu_kernels").enabled(1).__enter__(), "on")
+
     # ---- attention
     def sdpa_base():
         return dict(q=t(2, 2, 4, 8), k=t(2, 2, 5, 8, seed=1), v=t(2, 2, 5, 8, seed=2))
