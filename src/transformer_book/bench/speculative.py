@@ -174,9 +174,10 @@ def predicted_speedup(alphas: Sequence[float], c: float, k: int, weights: Sequen
     equal) and, by the theorem, ``w_i / S(alpha_i)`` speculatively, so the set's speedup is
     ``sum(w) / sum(w_i / S(alpha_i))``. With one ``alpha`` for all prompts it is
     :func:`~transformer_book.speculative.expected_speedup`. Prompts differ (code that repeats
-    itself, code that does not) and the theorem's tokens per pass is convex in ``alpha``, so
-    the theorem at the mean ``alpha`` overestimates a mixture: the slow, low-``alpha`` prompts
-    dominate the summed time.
+    itself, code that does not), and a prompt's speculative time is proportional to its passes
+    per token, ``(1 - alpha) / (1 - alpha**(k+1))``, which is convex in ``alpha``: averaged over
+    the prompts it exceeds its value at the mean ``alpha`` (Jensen), so the theorem at the mean
+    ``alpha`` overestimates a mixture; the slow, low-``alpha`` prompts dominate the summed time.
     """
     _checks.instance("alphas", alphas, Sequence, "a sequence of acceptance rates (one per prompt)")
     if not alphas:
