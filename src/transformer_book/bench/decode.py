@@ -531,6 +531,9 @@ def run(args) -> int:
         return 2
     out = args.out or DEFAULT_OUT[settings.device]
     progress = lambda msg: print(msg, flush=True)  # noqa: E731
+    if settings.device == "cpu" and os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        progress("note: OMP_WAIT_POLICY=PASSIVE: idle threads sleep between a step's parallel products and "
+                 "wake slowly; unset it to measure what this machine can do")
     try:
         if settings.device == "cpu":
             record = run_cpu_benchmark(settings, progress)
