@@ -122,3 +122,17 @@ def test_command_line_parses_decode():
     args = cli.build_parser().parse_args(["decode", "--device", "cpu", "--repeats", "3", "--new-tokens", "8"])
     assert (args.benchmark, args.device, args.repeats, args.new_tokens, args.threads) == ("decode", "cpu", 3, 8, 2)
     assert bd.run(argparse.Namespace(device="cpu", threads=2, repeats=0, new_tokens=8, context=64, out=None)) == 2
+
+
+def test_bound_only_measures_the_float32_bound_and_writes_nothing(tmp_path, monkeypatch):
+    bound = bd._bound_only(bd.DecodeSettings(**TINY))
+    assert 0 < bound["fraction_of_ceiling"] and bound["tokens_per_s"] > 0 and bound["torch_threads"] == 2
+    assert bound["ceiling_tokens_per_s"] == pytest.approx(bound["bandwidth_bytes_per_s"] / bound["bytes_per_token"])
+    _, ours = bd.gpt2_pair(bd.DecodeSettings(**TINY))
+    assert bound["bytes_per_token"] == bd.bytes_per_token(ours, TINY["prompt_len"] + TINY["new_tokens"] // 2)
+    args = cli.build_parser().parse_args(["decode", "--bound-only"])
+    assert args.bound_only and not cli.build_parser().parse_args(["decode"]).bound_only
+    monkeypatch.chdir(tmp_path)
+    assert bd.run(argparse.Namespace(device="cuda", threads=2, repeats=2, new_tokens=8, context=64, out=None,
+                                     bound_only=True)) == 2
+    assert not any(tmp_path.iterdir())

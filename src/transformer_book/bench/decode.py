@@ -56,7 +56,7 @@ from .provenance import collect_provenance
 
 __all__ = [
     "SCHEMA", "DEFAULT_OUT", "TARGETS", "DecodeSettings", "NoGPUError", "gpt2_pair",
-    "measure_bandwidth", "bytes_per_token", "bound_pairs", "interleaved", "median_ratio", "CUDAGraphDecoder",
+    "measure_bandwidth", "bytes_per_token", "bound_pairs", "measure_bound", "interleaved", "median_ratio", "CUDAGraphDecoder",
     "run_cpu_benchmark", "run_cuda_benchmark", "validate_record", "write_record", "load_record",
     "summary", "add_parser", "run",
 ]
@@ -214,6 +214,32 @@ def bound_pairs(model: GPT, prompt: torch.Tensor, new_tokens: int, repeats: int)
     return read, step
 
 
+def measure_bound(model: GPT, prompt: torch.Tensor, new_tokens: int, repeats: int) -> dict:
+    """:func:`bound_pairs` summed up: bytes per token, the bandwidth and the ceiling it gives,
+    the decoder's tokens/s and its fraction of the ceiling (the median of the paired ratios)."""
+    per_token = bytes_per_token(model, prompt.shape[1] + new_tokens // 2, prompt.shape[0])
+    read, step = bound_pairs(model, prompt, new_tokens, repeats)
+    return {"bytes_per_token": per_token, "read_seconds": read, "step_seconds": step,
+            "bandwidth_bytes_per_s": per_token / statistics.median(read),
+            "tokens_per_s": 1 / statistics.median(step), "ceiling_tokens_per_s": 1 / statistics.median(read),
+            "fraction_of_ceiling": median_ratio(read, step)}
+
+
+def _bound_only(s: DecodeSettings) -> dict:
+    """The float32 bound alone (``--bound-only``): what a notebook asks of a fresh process whose
+    OpenMP threads wait the way OpenMP does by default."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(s.threads)
+    try:
+        _, ours = gpt2_pair(s)
+        prompt = torch.randint(s.vocab_size, (1, s.prompt_len), generator=torch.Generator().manual_seed(s.seed))
+        bound = measure_bound(ours, prompt, s.new_tokens, s.repeats)
+    finally:
+        torch.set_num_threads(threads)
+    return {k: v for k, v in bound.items() if not k.endswith("_seconds")} | {
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "torch_threads": s.threads}
+
+
 def _target(name: str, value, extra: dict | None = None) -> dict:
     what, target = TARGETS[name]
     return {"what": what, "target": target, "value": value, "met": bool(value >= target), **(extra or {})}
@@ -267,13 +293,7 @@ def _run_cpu(s: DecodeSettings, progress) -> dict:
     ours_bf16 = GPT.from_hf_gpt2(hf).to(torch.bfloat16)
     bound = {}
     for name, model in (("float32", ours), ("bfloat16", ours_bf16)):
-        per_token = bytes_per_token(model, s.prompt_len + s.new_tokens // 2)
-        read, step = bound_pairs(model, prompt, s.new_tokens, s.repeats)
-        bound[name] = {"bytes_per_token": per_token, "read_seconds": read, "step_seconds": step,
-                       "bandwidth_bytes_per_s": per_token / statistics.median(read),
-                       "tokens_per_s": 1 / statistics.median(step),
-                       "ceiling_tokens_per_s": 1 / statistics.median(read),
-                       "fraction_of_ceiling": median_ratio(read, step)}
+        bound[name] = measure_bound(model, prompt, s.new_tokens, s.repeats)
     del ours_bf16
     results["bound"] = bound
     targets["bandwidth_fraction"] = _target("bandwidth_fraction", bound["float32"]["fraction_of_ceiling"])
@@ -520,6 +540,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--context", type=int, default=1024)
+    p.add_argument("--bound-only", action="store_true",
+                   help="measure only the float32 bandwidth bound and print it as one JSON line (no file)")
 
 
 def run(args) -> int:
@@ -529,6 +551,12 @@ def run(args) -> int:
     except ValueError as err:
         print(f"transformer_book.bench decode: {err}", file=sys.stderr)
         return 2
+    if getattr(args, "bound_only", False):
+        if settings.device != "cpu":
+            print("transformer_book.bench decode: --bound-only measures the CPU", file=sys.stderr)
+            return 2
+        print(json.dumps(_bound_only(settings)))
+        return 0
     out = args.out or DEFAULT_OUT[settings.device]
     progress = lambda msg: print(msg, flush=True)  # noqa: E731
     if settings.device == "cpu" and os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
