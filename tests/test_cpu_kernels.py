@@ -127,3 +127,26 @@ def test_decode_step_with_and_without_the_kernel_equals_forward():
         with cpu_kernels.enabled(1):
             pass
     assert cpu_kernels.available() == before  # switched back on
+
+
+@needs_kernels
+def test_a_model_first_prepared_with_the_kernel_off_uses_it_once_on():
+    from transformer_book.models import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=8, n_embd=512)).eval()
+    calls = []
+    real = cpu_kernels.gemv
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    cache = model.new_cache(1, 8)
+    with cpu_kernels.enabled(False):
+        model.decode_step(torch.zeros(1, 1, dtype=torch.long), cache)  # packs the weights
+    cpu_kernels.gemv = counting
+    try:
+        model.decode_step(torch.zeros(1, 1, dtype=torch.long), cache)
+    finally:
+        cpu_kernels.gemv = real
+    assert len(calls) == 4  # q/k/v, out, fc_in, fc_out; the 50-token head is too small

@@ -198,8 +198,8 @@ def packed_weight(*linears: nn.Linear) -> tuple[Tensor, Tensor | None, Tensor | 
     fastest (measured in the chapter):
 
     * one row (batch 1): ``rows``, ``nn.Linear``'s own ``(out, in)`` layout, for the book's C
-      kernel (:mod:`transformer_book.cpu_kernels`), which reads it at close to the memory's speed;
-      ``None`` where the kernel is not available or the matrix is small;
+      kernel (:mod:`transformer_book.cpu_kernels`), which reads it at close to the memory's speed
+      (used where the kernel is available); ``None`` for small, non-float32 or GPU matrices;
     * several rows: on a CPU with oneDNN (PyTorch's x86 builds) a large float32 or bfloat16
       matrix is *prepacked* into oneDNN's blocked layout, which its kernels read fast for 2 to
       32 rows, where the generic ``addmm`` falls to a half or a third of it (what
@@ -220,8 +220,9 @@ def packed_weight(*linears: nn.Linear) -> tuple[Tensor, Tensor | None, Tensor | 
             w = torch.ops.mkldnn._reorder_linear_weight(rows, 8) if big else rows.t().contiguous()
             has_bias = all(lin.bias is not None for lin in linears)
             bias = torch.cat([lin.bias for lin in linears]) if has_bias else None
-            use_gemv = big and rows.dtype == torch.float32 and cpu_kernels.available()
-            cached = _PACKED[linears[0]] = (key, (w, bias, rows.detach() if use_gemv else None))
+            # kept whether or not the C kernel is available now: affine asks at each call
+            for_gemv = big and rows.dtype == torch.float32 and rows.device.type == "cpu"
+            cached = _PACKED[linears[0]] = (key, (w, bias, rows.detach() if for_gemv else None))
     return cached[1]
 
 

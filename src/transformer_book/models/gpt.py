@@ -322,7 +322,7 @@ class GPT(nn.Module):
         once and remade only when a parameter has changed (replaced, moved by ``.to()``, or changed
         in place by a training step or ``load_state_dict``). ``decode_step`` calls it when it checks
         its inputs; a loop that calls ``decode_step(check=False)`` calls it (or a checked step) at
-        its door. Walking the parameters costs about as much as one matrix of a small model."""
+        its door: walking GPT-2 small's 148 parameters takes a few hundred microseconds."""
         seen = self.__dict__.get("_decode_cache")  # (parameters, their (address, version), weights)
         params = list(self.parameters())
         key = [(p.data_ptr(), p._version) for p in params]
