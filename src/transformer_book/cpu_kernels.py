@@ -51,13 +51,14 @@ def _compiler() -> str | None:
 
 
 def _cpu_name() -> str:
+    """The CPU's model and instruction-set flags: a virtual machine may show one model name on
+    hosts of different generations, and code built for AVX-512 dies on a CPU without it."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                return line
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return platform.processor()
+        return platform.processor()
+    wanted = ("model name", "flags", "Features", "CPU part")  # x86, then Arm's names
+    return "\n".join(dict.fromkeys(line for line in lines if line.startswith(wanted))) or platform.processor()
 
 
 def library_path(compiler: str | None = None) -> Path:
