@@ -3,8 +3,8 @@
 Decoding one token multiplies one vector by every weight matrix: each weight is read once and
 used for one multiply-add, so a step can go no faster than memory streams the model's bytes.
 PyTorch's CPU kernels for this shape (MKL's ``gemv``, oneDNN's prepacked ``linear``) reach a
-half to three quarters of that speed on the book's CPU; the loop of ``cpu_kernels.c`` (shown
-in the chapter) reaches nine tenths or more, because it does nothing but stream each row of
+fraction of that speed on the book's CPU; the loop of ``cpu_kernels.c`` (shown in the chapter,
+which measures all of them) gets much closer, because it does nothing but stream each row of
 ``W`` once and multiply it with the vector held in the L1 cache.
 
 :func:`gemv` is ``F.linear(x, w, bias)`` for a few rows of ``x``, ``w`` in ``nn.Linear``'s own
@@ -40,7 +40,8 @@ __all__ = ["SOURCE", "FLAGS", "MAX_ROWS", "available", "enabled", "status", "lib
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 #: How it is compiled: optimised for this CPU, OpenMP threads and ``omp simd`` vectorisation.
 FLAGS = ("-O3", "-march=native", "-funroll-loops", "-fopenmp", "-shared", "-fPIC")
-#: More rows than this re-read each row of ``W`` from L2 instead of L1: a GEMM serves them better.
+#: The most rows :func:`gemv` takes: its arithmetic grows with the rows, and from about four on a
+#: blocked GEMM (oneDNN's) is faster; the book sends it one row.
 MAX_ROWS = 16
 
 _state: dict = {}  # "fn": the loaded function or None, "why": the reason it is None, "path", "off"

@@ -36,6 +36,7 @@ load average before and after) and, for every target, the measured value next to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -228,14 +229,10 @@ def measure_bound(model: GPT, prompt: torch.Tensor, new_tokens: int, repeats: in
 def _bound_only(s: DecodeSettings) -> dict:
     """The float32 bound alone (``--bound-only``): what a notebook asks of a fresh process whose
     OpenMP threads wait the way OpenMP does by default."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(s.threads)
-    try:
+    with _torch_threads(s.threads):
         _, ours = gpt2_pair(s)
         prompt = torch.randint(s.vocab_size, (1, s.prompt_len), generator=torch.Generator().manual_seed(s.seed))
         bound = measure_bound(ours, prompt, s.new_tokens, s.repeats)
-    finally:
-        torch.set_num_threads(threads)
     return {k: v for k, v in bound.items() if not k.endswith("_seconds")} | {
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "torch_threads": s.threads}
 
@@ -263,12 +260,19 @@ def _machine() -> dict:
 
 def run_cpu_benchmark(settings: DecodeSettings, progress=print) -> dict:
     """Measure the CPU targets (see the module docstring); returns the record (not written)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(settings.threads)
-    try:
+    with _torch_threads(settings.threads):
         return _run_cpu(settings, progress)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """Run the body with ``n`` torch threads, then restore the caller's count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def _run_cpu(s: DecodeSettings, progress) -> dict:
