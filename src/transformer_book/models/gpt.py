@@ -32,6 +32,7 @@ from transformer_book import _checks
 from transformer_book.attention import MultiHeadAttention, affine, packed_weight
 from transformer_book.kv_cache import KVCache
 from transformer_book.layers import FeedForward, LayerNorm
+from transformer_book.masks import to_additive_mask
 from transformer_book.positional import LearnedPositionalEmbedding
 
 __all__ = ["GPTConfig", "GPT", "GPTOutput", "Block", "PastKeyValues"]
@@ -310,7 +311,7 @@ class GPT(nn.Module):
         x = self.wte.weight[idx] + self.wpe.weight[cache.positions(t)]  # (B, T, C)
         mask = cache.attention_mask(t)  # None: one new token reads every cached key
         if mask is not None and mask.dtype == torch.bool:  # as the scores' additive -inf, once for all layers
-            mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
+            mask = to_additive_mask(mask, x.dtype)
         for block, weights in zip(self.h, blocks):
             x = block.decode(x, mask, cache, weights)
         cache.advance(t)
