@@ -135,18 +135,145 @@ def test_a_model_first_prepared_with_the_kernel_off_uses_it_once_on():
 
     model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=8, n_embd=512)).eval()
     calls = []
-    real = cpu_kernels.gemv
+    real_gemv, real_step = cpu_kernels.gemv, cpu_kernels.TokenStep.__call__
 
     def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
+        calls.append("gemv")
+        return real_gemv(*args, **kwargs)
+
+    def counting_step(*args, **kwargs):
+        calls.append("step")
+        return real_step(*args, **kwargs)
 
     cache = model.new_cache(1, 8)
     with cpu_kernels.enabled(False):
         model.decode_step(torch.zeros(1, 1, dtype=torch.long), cache)  # packs the weights
-    cpu_kernels.gemv = counting
+    cpu_kernels.gemv, cpu_kernels.TokenStep.__call__ = counting, counting_step
     try:
         model.decode_step(torch.zeros(1, 1, dtype=torch.long), cache)
+        assert calls == ["step"]  # the whole step in one call
+        with cpu_kernels.whole_step(False):
+            model.decode_step(torch.zeros(1, 1, dtype=torch.long), cache)
     finally:
-        cpu_kernels.gemv = real
-    assert len(calls) == 4  # q/k/v, out, fc_in, fc_out; the 50-token head is too small
+        cpu_kernels.gemv, cpu_kernels.TokenStep.__call__ = real_gemv, real_step
+    assert calls[1:] == ["gemv"] * 4  # q/k/v, out, fc_in, fc_out; the 50-token head is too small
+
+
+def _block_weights(model) -> list:
+    """A small GPT's blocks as TokenStep takes them, straight from its modules (no size limit)."""
+    blocks = []
+    for h in model.h:
+        a, m = h.attn, h.mlp
+        qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+        qkv_bias = None if a.q_proj.bias is None else torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
+        blocks.append(cpu_kernels.BlockWeights(h.ln_1.weight, h.ln_1.bias, qkv, qkv_bias, a.out_proj.weight,
+                                               a.out_proj.bias, h.ln_2.weight, h.ln_2.bias, m.fc_in.weight,
+                                               m.fc_in.bias, m.fc_out.weight, m.fc_out.bias))
+    return blocks
+
+
+def _token_step_for(model, cache):
+    return cpu_kernels.TokenStep(_block_weights(model), (model.ln_f.weight, model.ln_f.bias), model.wte.weight,
+                                 cache.keys, cache.values, model.config.n_head, model.ln_f.eps)
+
+
+@needs_kernels
+@pytest.mark.parametrize("seed", range(6))
+def test_token_step_equals_the_pytorch_step_and_writes_the_same_cache(seed):
+    """Odd widths (vector tails), grouped-query and multi-query heads, no biases, 1 to 3 threads."""
+    from transformer_book.models import GPT, GPTConfig
+
+    g = torch.Generator().manual_seed(seed)
+    n_head = [4, 6, 8][seed % 3]
+    n_kv_head = [n_head, 2, 1][seed // 2 % 3]
+    head_dim = int(torch.randint(3, 20, (), generator=g))
+    config = GPTConfig(vocab_size=int(torch.randint(5, 200, (), generator=g)), block_size=24,
+                       n_layer=1 + seed % 3, n_head=n_head, n_kv_head=n_kv_head, n_embd=n_head * head_dim,
+                       bias=seed % 2 == 0)
+    torch.manual_seed(seed)
+    model = GPT(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # away from the initialisation: biases and norms matter too
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    seq = torch.randint(config.vocab_size, (1, 20), generator=g)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 + seed % 3)
+    try:
+        with cpu_kernels.enabled(False), torch.inference_mode():
+            ref_cache, cache = model.new_cache(1, 24), model.new_cache(1, 24)
+            model.decode_step(seq[:, :8], ref_cache)
+            model.decode_step(seq[:, :8], cache)
+            step = _token_step_for(model, cache)
+            for t in range(8, 20):
+                expected = model.decode_step(seq[:, t:t + 1], ref_cache)
+                x = model.wte.weight[seq[0, t]] + model.wpe.weight[t]
+                got = step(x, cache.length)
+                cache.advance(1)
+                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+                assert torch.equal(got.argmax(-1), expected.argmax(-1))
+            for a, b in zip(cache.keys + cache.values, ref_cache.keys + ref_cache.values):
+                torch.testing.assert_close(a[:, :, :20], b[:, :, :20], rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_kernels
+def test_decode_step_takes_the_whole_step_path_and_rebuilds_it_for_a_new_cache():
+    from transformer_book.models import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, block_size=32, n_layer=2, n_head=8, n_kv_head=4, n_embd=512)).eval()
+    seq = torch.randint(300, (1, 30))
+    with torch.inference_mode():
+        full = model(seq).logits
+    for _ in range(2):  # a second cache: the step made for the first must not write into it
+        cache = model.new_cache(1, 30)
+        model.decode_step(seq[:, :20], cache)
+        got = torch.stack([model.decode_step(seq[:, t:t + 1], cache, check=False) for t in range(20, 30)], 1)
+        torch.testing.assert_close(got, full[:, 20:30], rtol=1e-4, atol=1e-4)
+        assert model.__dict__["_saved_token_step"][1].keys[0] is cache.keys[0]
+    cache.crop(25)  # roll back, then one step with every position's logits
+    last = model.decode_step(seq[:, 25:26], cache, last_only=False)
+    assert last.shape == (1, 1, 300)
+    torch.testing.assert_close(last[:, 0], full[:, 25], rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+def test_token_step_bad_input_names_the_argument():
+    from transformer_book.models import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=40, block_size=8, n_layer=2, n_head=4, n_embd=32)).eval()
+    cache = model.new_cache(1, 8)
+    step = _token_step_for(model, cache)
+    x = torch.zeros(32)
+    with pytest.raises(ValueError, match=r"position must be an int in \[0, 7\], got 8"):
+        step(x, 8)
+    with pytest.raises(ValueError, match=r"x must have shape \(C,\) = \(32\), got shape \(33,\)"):
+        step(torch.zeros(33), 0)
+    with pytest.raises(TypeError, match="x must be a float32 CPU tensor"):
+        step(x.double(), 0)
+    with pytest.raises(ValueError, match="x must be contiguous"):
+        step(torch.zeros(64)[::2], 0)
+    assert torch.equal(x, torch.zeros(32)) and cache.keys[0].abs().sum() == 0  # nothing written
+    blocks, norm, head = _block_weights(model), (model.ln_f.weight, model.ln_f.bias), model.wte.weight
+    with pytest.raises(ValueError, match="one entry per layer, got 2, 1 and 2"):
+        cpu_kernels.TokenStep(blocks, norm, head, cache.keys[:1], cache.values, 4, 1e-5)
+    with pytest.raises(ValueError, match=r"blocks\[1\].fc must have shape \(128, 32\), got shape \(128, 31\)"):
+        cpu_kernels.TokenStep([blocks[0], blocks[1]._replace(fc=torch.zeros(128, 31))], norm, head, cache.keys,
+                              cache.values, 4, 1e-5)
+    with pytest.raises(ValueError, match=r"blocks\[0\].qkv_bias must have shape \(96\), got shape \(95,\)"):
+        cpu_kernels.TokenStep([blocks[0]._replace(qkv_bias=torch.zeros(95)), blocks[1]], norm, head, cache.keys,
+                              cache.values, 4, 1e-5)
+    with pytest.raises(TypeError, match=r"blocks\[1\] must be"):
+        cpu_kernels.TokenStep([blocks[0], tuple(blocks[1])], norm, head, cache.keys, cache.values, 4, 1e-5)
+    with pytest.raises(ValueError, match=r"n_head=5 must divide n_embd \(head.shape\[1\]\)=32"):
+        cpu_kernels.TokenStep(blocks, norm, head, cache.keys, cache.values, 5, 1e-5)
+    with pytest.raises(ValueError, match=r"keys\[1\] must have shape \(1, H_kv, T, D\) = \(1, 4, 8, 8\), got shape "
+                                         r"\(2, 4, 8, 8\)"):
+        cpu_kernels.TokenStep(blocks, norm, head, cache.keys[:1] + [torch.zeros(2, 4, 8, 8)], cache.values, 4, 1e-5)
+    with pytest.raises(TypeError, match="head must be a float32 CPU tensor"):
+        cpu_kernels.TokenStep(blocks, norm, head.double(), cache.keys, cache.values, 4, 1e-5)
+    with pytest.raises(ValueError, match="eps must be"):
+        cpu_kernels.TokenStep(blocks, norm, head, cache.keys, cache.values, 4, 0.0)
+    with pytest.raises(ValueError, match=r"ln_f must be \(weight, bias or None\), got a tuple of 1"):
+        cpu_kernels.TokenStep(blocks, norm[:1], head, cache.keys, cache.values, 4, 1e-5)

@@ -1,5 +1,5 @@
 /* The matrix-vector product of a decoding step (chapter 8), written to read
- * memory at its speed.
+ * memory at its speed, and a whole decoding step built on it.
  *
  * At batch 1 a step multiplies one vector by every weight matrix: each weight
  * is used once, for one multiply-add, so the product is a read of the matrix
@@ -8,6 +8,18 @@
  * -fopenmp: `omp simd` vectorises the inner sum (16 floats per AVX-512
  * instruction), the unrolled loop keeps several loads in flight.
  */
+#include <math.h>
+#include <string.h>
+
+/* Row w (contiguous, read once from memory) times x (reused, in the L1 cache). */
+static inline float dot(const float *w, const float *x, long n)
+{
+    float acc = 0.0f;
+    #pragma omp simd reduction(+:acc)
+    for (long i = 0; i < n; i++)
+        acc += w[i] * x[i];
+    return acc;
+}
 
 /* Y = X W^T + b. W is stored (out, in), row-major (nn.Linear's layout), so
  * output o is the dot product of one contiguous row with x: the threads split
@@ -24,11 +36,121 @@ void gemv_f32(const float *W, const float *X, const float *b, float *Y,
         const float *w = W + o * n_in;      /* row o of W: read once */
         for (long m = 0; m < n_rows; m++) {
             const float *x = X + m * n_in;  /* row m of X */
-            float acc = 0.0f;
-            #pragma omp simd reduction(+:acc)
-            for (long i = 0; i < n_in; i++)
-                acc += w[i] * x[i];
-            Y[m * n_out + o] = b ? acc + b[o] : acc;
+            Y[m * n_out + o] = dot(w, x, n_in) + (b ? b[o] : 0.0f);
         }
+    }
+}
+
+/* ---- One token through the whole decoder in one call ----------------------
+ *
+ * With every product at memory speed, what is left of a step is the hundred
+ * small operations around the products (layer norms, attention over the
+ * cache, residual additions), each a few microseconds of Python and dispatch,
+ * and the waking of idle threads at the start of each product. Below, a step
+ * of a GPT-2 style decoder (batch 1, float32) is one parallel region: the
+ * small operations are a few loops over vectors of n_embd floats, and the
+ * threads go from one product to the next through a barrier.
+ */
+
+/* y = (x - mean) / sqrt(var + eps) * w + b, over n features (b may be NULL). */
+static void layer_norm(const float *x, const float *w, const float *b, float *y, long n, float eps)
+{
+    float mean = 0.0f, var = 0.0f;
+    #pragma omp simd reduction(+:mean)
+    for (long i = 0; i < n; i++)
+        mean += x[i];
+    mean /= n;
+    #pragma omp simd reduction(+:var)
+    for (long i = 0; i < n; i++)
+        var += (x[i] - mean) * (x[i] - mean);
+    const float r = 1.0f / sqrtf(var / n + eps);  /* biased variance, as nn.LayerNorm */
+    for (long i = 0; i < n; i++)
+        y[i] = (x[i] - mean) * r * w[i] + (b ? b[i] : 0.0f);
+}
+
+enum { STORE, ADD_TO, GELU };  /* what a product does with its outputs */
+
+/* y = W x + b inside the parallel region, the rows split among the threads as
+ * in gemv_f32; ADD_TO adds to y (a residual connection), GELU applies GPT-2's
+ * GELU (tanh approximation). Ends with a barrier: y is complete after it. */
+static void product(const float *W, const float *x, const float *b, float *y, long n_out, long n_in, int mode)
+{
+    #pragma omp for schedule(static)
+    for (long o = 0; o < n_out; o++) {
+        float u = dot(W + o * n_in, x, n_in) + (b ? b[o] : 0.0f);
+        if (mode == GELU)
+            u = 0.5f * u * (1.0f + tanhf(0.7978845608028654f * (u + 0.044715f * u * u * u)));
+        y[o] = mode == ADD_TO ? y[o] + u : u;
+    }
+}
+
+/* One query head q (D floats) over the n cached keys K and values V (n, D):
+ * out = softmax(q K^T / sqrt(D)) V. s holds n scores. */
+static void attend(const float *q, const float *K, const float *V, float *s, float *out, long n, long D)
+{
+    const float scale = 1.0f / sqrtf((float)D);
+    float top = -INFINITY, total = 0.0f;
+    for (long j = 0; j < n; j++) {
+        s[j] = dot(q, K + j * D, D) * scale;
+        top = s[j] > top ? s[j] : top;
+    }
+    for (long j = 0; j < n; j++) {
+        s[j] = expf(s[j] - top);  /* the largest score becomes 1: no overflow */
+        total += s[j];
+    }
+    for (long i = 0; i < D; i++)
+        out[i] = 0.0f;
+    for (long j = 0; j < n; j++) {
+        const float a = s[j] / total, *v = V + j * D;
+        #pragma omp simd
+        for (long i = 0; i < D; i++)
+            out[i] += a * v[i];
+    }
+}
+
+/* ptr: x (C: the token's embedding in, overwritten by the residual stream),
+ *      scratch (3C + 2 H_kv D + F + H T floats), logits (V out), ln_f weight,
+ *      ln_f bias, the LM head (V, C); then 14 per layer: ln_1 weight, bias,
+ *      W_qkv (C + 2 H_kv D, C), b_qkv, the layer's key and value buffers
+ *      (H_kv, T, D) of the cache, W_o (C, C), b_o, ln_2 weight, bias,
+ *      W_fc (F, C), b_fc, W_proj (C, F), b_proj. Biases may be NULL.
+ * dim: C, H, H_kv, D, F, pos (the token's position: keys 0 .. pos are read),
+ *      T (the cache's max_len), n_layer, V. */
+void decode_token_f32(float *const *ptr, const long *dim, float eps, int n_threads)
+{
+    float *x = ptr[0], *scratch = ptr[1], *logits = ptr[2];
+    const long C = dim[0], H = dim[1], H_kv = dim[2], D = dim[3], F = dim[4], pos = dim[5], T = dim[6];
+    const long n_layer = dim[7], V = dim[8], n_qkv = C + 2 * H_kv * D;
+    float *xn = scratch, *qkv = xn + C, *att = qkv + n_qkv, *h = att + C, *s = h + F;
+    #pragma omp parallel num_threads(n_threads)
+    {
+        for (long l = 0; l < n_layer; l++) {
+            float *const *w = ptr + 6 + 14 * l;
+            float *keys = w[4], *values = w[5];
+            /* x = x + attn(ln_1(x)) */
+            #pragma omp single
+            layer_norm(x, w[0], w[1], xn, C, eps);
+            product(w[2], xn, w[3], qkv, n_qkv, C, STORE);  /* q | k | v */
+            #pragma omp single
+            for (long g = 0; g < H_kv; g++) {  /* the new key and value join the cache at pos */
+                memcpy(keys + (g * T + pos) * D, qkv + C + g * D, D * sizeof(float));
+                memcpy(values + (g * T + pos) * D, qkv + C + (H_kv + g) * D, D * sizeof(float));
+            }
+            #pragma omp for schedule(static)
+            for (long hd = 0; hd < H; hd++) {
+                const long g = hd / (H / H_kv);  /* grouped-query: heads share a key/value head */
+                attend(qkv + hd * D, keys + g * T * D, values + g * T * D, s + hd * T, att + hd * D, pos + 1, D);
+            }
+            product(w[6], att, w[7], x, C, C, ADD_TO);
+            /* x = x + mlp(ln_2(x)) */
+            #pragma omp single
+            layer_norm(x, w[8], w[9], xn, C, eps);
+            product(w[10], xn, w[11], h, F, C, GELU);
+            product(w[12], h, w[13], x, C, F, ADD_TO);
+        }
+        /* logits = ln_f(x) @ wte^T */
+        #pragma omp single
+        layer_norm(x, ptr[3], ptr[4], xn, C, eps);
+        product(ptr[5], xn, NULL, logits, V, C, STORE);
     }
 }

@@ -8,7 +8,9 @@ which measures all of them) gets much closer, because it does nothing but stream
 ``W`` once and multiply it with the vector held in the L1 cache.
 
 :func:`gemv` is ``F.linear(x, w, bias)`` for a few rows of ``x``, ``w`` in ``nn.Linear``'s own
-``(out, in)`` layout (no copy of the weights). The C source is compiled once per machine with
+``(out, in)`` layout (no copy of the weights). :class:`TokenStep` is a whole decoding step of a
+GPT-2 style decoder (batch 1) in one call: the products and the small operations between them.
+The C source is compiled once per machine with
 the system's C compiler (``$CC``, else ``cc`` or ``gcc``; :data:`FLAGS`) into the book's cache
 directory (:func:`transformer_book.cache_root`), written atomically and checked against
 ``torch`` each time it is loaded (rebuilt if the file is bad). Where there is no compiler, or
@@ -26,7 +28,9 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +38,8 @@ from torch import Tensor
 
 from transformer_book import _checks, cache_root
 
-__all__ = ["SOURCE", "FLAGS", "MAX_ROWS", "available", "enabled", "status", "library_path", "gemv"]
+__all__ = ["SOURCE", "FLAGS", "MAX_ROWS", "available", "enabled", "whole_step", "whole_step_enabled", "status",
+           "library_path", "gemv", "BlockWeights", "TokenStep"]
 
 #: The kernel's C source, shipped with the package.
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
@@ -44,7 +49,7 @@ FLAGS = ("-O3", "-march=native", "-funroll-loops", "-fopenmp", "-shared", "-fPIC
 #: blocked GEMM (oneDNN's) is faster; the book sends it one row.
 MAX_ROWS = 16
 
-_state: dict = {}  # "fn": the loaded function or None, "why": the reason it is None, "path", "off"
+_state: dict = {}  # "fn", "token": the loaded functions or None, "why": the reason, "path", "off", "split"
 
 
 def _compiler() -> str | None:
@@ -92,9 +97,13 @@ def _build(path: Path, compiler: str) -> None:
 
 
 def _load(path: Path):
-    fn = ctypes.CDLL(str(path)).gemv_f32
+    """The library's two functions: ``gemv_f32`` (returned) and ``decode_token_f32`` (kept in ``_state``)."""
+    library = ctypes.CDLL(str(path))
+    fn, token = library.gemv_f32, library.decode_token_f32
     fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
-    fn.restype = None
+    token.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_long), ctypes.c_float, ctypes.c_int]
+    fn.restype = token.restype = None
+    _state["token"] = token
     return fn
 
 
@@ -149,6 +158,26 @@ def enabled(on: bool):
         _state["off"] = before
 
 
+@contextlib.contextmanager
+def whole_step(on: bool):
+    """``with whole_step(False):`` a GPT's batch-1 decoding step calls the C loop once per product
+    (:func:`gemv`) instead of once per token (:class:`TokenStep`), so that the two can be
+    measured side by side (the chapter does); ``whole_step(True)`` switches it back on."""
+    on = _checks.boolean("on", on)
+    before = _state.get("split", False)
+    _state["split"] = not on
+    try:
+        yield
+    finally:
+        _state["split"] = before
+
+
+def whole_step_enabled() -> bool:
+    """Whether a GPT's batch-1 step runs as one :class:`TokenStep` call: the kernel is
+    :func:`available` and :func:`whole_step` has not switched it off."""
+    return available() and not _state.get("split", False)
+
+
 def status() -> str:
     """One line: where the compiled kernel was loaded from, or why it is not available."""
     if _library() is None:
@@ -196,3 +225,114 @@ def gemv(x: Tensor, w: Tensor, bias: Tensor | None = None, *, check: bool = True
             _checks.shape_is("bias", bias, (w.shape[0],), layout="(out,)")
         x, w, bias = x.contiguous(), w.contiguous(), None if bias is None else bias.contiguous()
     return _gemv(_need_library() if check else _state["fn"], x, w, bias)
+
+
+class BlockWeights(NamedTuple):
+    """One GPT-2 block's tensors for :class:`TokenStep`, matrices in ``nn.Linear``'s ``(out, in)``
+    layout, biases ``None`` where the model has none: ``C`` = n_embd, ``F`` the feed-forward
+    width, ``qkv`` the query, key and value projections stacked, ``(C + 2 H_kv D, C)``."""
+
+    ln_1: Tensor  # (C,) weight
+    ln_1_bias: Tensor | None
+    qkv: Tensor  # (C + 2 H_kv D, C)
+    qkv_bias: Tensor | None
+    out: Tensor  # (C, C) the attention's output projection
+    out_bias: Tensor | None
+    ln_2: Tensor
+    ln_2_bias: Tensor | None
+    fc: Tensor  # (F, C)
+    fc_bias: Tensor | None
+    proj: Tensor  # (C, F)
+    proj_bias: Tensor | None
+
+
+class TokenStep:
+    """One decoding step of a GPT-2 style decoder, batch 1, float32 on the CPU, in one call of the
+    C function ``decode_token_f32``: every block (layer norm, q/k/v, the new key and value
+    written into the cache, attention over positions ``0 .. position``, output projection and
+    residual, layer norm, GELU feed-forward and residual), the final layer norm and the LM head.
+
+    The same numbers as the model's PyTorch step, to float32 rounding; no Python and no thread
+    waking between the products (chapter 8 measures what that is worth). Built once for a model
+    and a cache: it keeps their tensors (and so their addresses). ``blocks``: one
+    :class:`BlockWeights` per layer; ``ln_f``: the final norm's ``(weight, bias or None)``;
+    ``head``: the LM head ``(V, C)``; ``keys``, ``values``: the cache's buffers, one
+    ``(1, H_kv, T, D)`` per layer, written at ``position``; ``n_head``, ``eps``: the model's.
+    """
+
+    def __init__(self, blocks: Sequence[BlockWeights], ln_f: tuple, head: Tensor, keys: Sequence[Tensor],
+                 values: Sequence[Tensor], n_head: int, eps: float) -> None:
+        _need_library()  # RuntimeError, with the reason, where the kernel is not available
+        _checks.instance("blocks", blocks, Sequence, "a sequence of BlockWeights, one per layer")
+        _checks.instance("keys", keys, Sequence, "the cache's key buffers, one per layer")
+        _checks.instance("values", values, Sequence, "the cache's value buffers, one per layer")
+        if not blocks or len(keys) != len(blocks) or len(values) != len(blocks):
+            raise ValueError(f"blocks, keys and values must have one entry per layer, got {len(blocks)}, "
+                             f"{len(keys)} and {len(values)}")
+        n_head, eps = _checks.positive_int("n_head", n_head), _checks.number("eps", eps, 0.0, low_open=True)
+        head = _contiguous_f32("head", head, 2, "(V, C)")
+        v, c = head.shape
+        _checks.divides("n_head", n_head, "n_embd (head.shape[1])", c)
+        d = c // n_head
+        _, h_kv, t_max, _ = _contiguous_f32("keys[0]", keys[0], 4, "(1, H_kv, T, D)").shape
+        _checks.divides("H_kv (keys[0].shape[1])", h_kv, "n_head", n_head)
+        f = _contiguous_f32("blocks[0].fc", _checks.instance("blocks[0]", blocks[0], BlockWeights).fc, 2,
+                              "(F, C)").shape[0]
+        shapes = {"ln_1": (c,), "qkv": (c + 2 * h_kv * d, c), "out": (c, c), "ln_2": (c,), "fc": (f, c),
+                  "proj": (c, f)}
+        tensors = [None, None, None, *self._norm("ln_f", ln_f, c), head]  # x, scratch, logits: per call
+        for i, block in enumerate(blocks):
+            _checks.instance(f"blocks[{i}]", block, BlockWeights)
+            for name, shape in shapes.items():
+                _contiguous_f32(f"blocks[{i}].{name}", getattr(block, name), len(shape), "", shape)
+                bias = getattr(block, name + "_bias")
+                if bias is not None:
+                    _contiguous_f32(f"blocks[{i}].{name}_bias", bias, 1, "", shape[:1])
+            for name, buffer in ((f"keys[{i}]", keys[i]), (f"values[{i}]", values[i])):
+                _contiguous_f32(name, buffer, 4, "(1, H_kv, T, D)", (1, h_kv, t_max, d))
+            tensors += [block.ln_1, block.ln_1_bias, block.qkv, block.qkv_bias, keys[i], values[i], block.out,
+                        block.out_bias, block.ln_2, block.ln_2_bias, block.fc, block.fc_bias, block.proj,
+                        block.proj_bias]
+        self.n_embd, self.max_len, self.eps = c, t_max, eps
+        self.keys, self.values = list(keys), list(values)  # what a caller compares with its cache's
+        self._tensors = tensors  # alive as long as the pointers below
+        self._scratch = torch.empty(3 * c + 2 * h_kv * d + f + n_head * t_max)
+        self._ptr = (ctypes.c_void_p * len(tensors))(*[None if t is None else t.data_ptr() for t in tensors])
+        self._ptr[1] = self._scratch.data_ptr()
+        self._dim = (ctypes.c_long * 9)(c, n_head, h_kv, d, f, 0, t_max, len(blocks), v)
+
+    @staticmethod
+    def _norm(name: str, norm: object, c: int) -> tuple:
+        _checks.instance(name, norm, tuple, "(weight, bias or None)")
+        if len(norm) != 2:
+            raise ValueError(f"{name} must be (weight, bias or None), got a tuple of {len(norm)}")
+        weight, bias = norm
+        _contiguous_f32(f"{name}[0]", weight, 1, "(C,)", (c,))
+        if bias is not None:
+            _contiguous_f32(f"{name}[1]", bias, 1, "(C,)", (c,))
+        return weight, bias
+
+    def __call__(self, x: Tensor, position: int, *, check: bool = True) -> Tensor:
+        """The next-token logits ``(1, V)`` of a token whose embedding (token + position) is ``x``
+        ``(C,)``, at ``position``; writes its key and value there in every layer and overwrites
+        ``x`` with the residual stream. ``check=False`` skips the checks (a decoding loop that
+        holds the invariants)."""
+        if check:
+            _contiguous_f32("x", x, 1, "(C,)", (self.n_embd,))
+            _checks.integer("position", position, 0, self.max_len - 1)
+        logits = x.new_empty(1, self._dim[8])
+        self._ptr[0], self._ptr[2], self._dim[5] = x.data_ptr(), logits.data_ptr(), position
+        _state["token"](self._ptr, self._dim, self.eps, torch.get_num_threads())
+        return logits
+
+
+def _contiguous_f32(name: str, t: object, dim: int, layout: str, shape: tuple | None = None) -> Tensor:
+    """A contiguous float32 CPU tensor of ``dim`` dimensions (and ``shape``, if given)."""
+    t = _checks.float_tensor(name, t, dim, layout=layout)
+    _check_float32_cpu(**{name: t})
+    if shape is not None:
+        _checks.shape_is(name, t, shape, layout=layout)
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (the C loop walks its memory in order), got strides "
+                         f"{t.stride()}")
+    return t

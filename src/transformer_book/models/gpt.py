@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from transformer_book import _checks
+from transformer_book import _checks, cpu_kernels
 from transformer_book.attention import MultiHeadAttention, affine, packed_weight
 from transformer_book.kv_cache import KVCache
 from transformer_book.layers import FeedForward, LayerNorm
@@ -306,8 +306,14 @@ class GPT(nn.Module):
                 raise TypeError(f"decode_step needs a cache with positions(n_new) (a KVCache), got "
                                 f"{_checks.describe(cache)}")
         prepared = self.__dict__.get("_decode_cache")
-        *blocks, head = self.prepare_decoding() if check or prepared is None else prepared[2]
-        t = idx.shape[1]
+        weights = self.prepare_decoding() if check or prepared is None else prepared[2]
+        b, t = idx.shape
+        if b == 1 and t == 1 and (step := self._token_step(cache, weights)) is not None:
+            x = self.wte.weight[idx[0, 0]] + self.wpe.weight[cache.length]  # (C,), a new tensor: the step overwrites it
+            logits = step(x, cache.length, check=False)  # (1, V): every block and the head in one C call
+            cache.advance(1)
+            return logits if last_only else logits[:, None]
+        *blocks, head = weights
         x = self.wte.weight[idx] + self.wpe.weight[cache.positions(t)]  # (B, T, C)
         mask = cache.attention_mask(t)  # None: one new token reads every cached key
         if mask is not None and mask.dtype == torch.bool:  # as the scores' additive -inf, once for all layers
@@ -317,6 +323,29 @@ class GPT(nn.Module):
         cache.advance(t)
         x = x[:, -1] if last_only else x  # (B, C), or (B, T, C) for every new position
         return affine(_layer_norm(self.ln_f, x), *head)  # (B, [T,] V): the tied head
+
+    def _token_step(self, cache, weights: list) -> cpu_kernels.TokenStep | None:
+        """Chapter 8's whole step in C (:class:`~transformer_book.cpu_kernels.TokenStep`) for this
+        cache, or ``None`` where it does not apply: the kernel off or missing, a cache other than a
+        plain :class:`KVCache`, or matrices the C loop does not take (``packed_weight`` keeps
+        ``rows`` only for large float32 CPU matrices). Made once per cache and weights."""
+        if type(cache) is not KVCache or not cpu_kernels.whole_step_enabled():
+            return None
+        saved = self.__dict__.get("_saved_token_step")
+        if saved is not None and saved[0] is weights and len(saved[1].keys) == len(cache.keys) and all(
+                a is b for a, b in zip(saved[1].keys + saved[1].values, cache.keys + cache.values)):
+            return saved[1]  # the same weights and the same buffers (a step holds their addresses)
+        *blocks, _ = weights
+        if any(rows is None for block in blocks for _, _, rows in block):
+            return None
+        step = cpu_kernels.TokenStep(
+            [cpu_kernels.BlockWeights(h.ln_1.weight, h.ln_1.bias, qkv[2], qkv[1], out[2], out[1], h.ln_2.weight,
+                                      h.ln_2.bias, fc[2], fc[1], proj[2], proj[1])
+             for h, (qkv, out, fc, proj) in zip(self.h, blocks)],
+            (self.ln_f.weight, self.ln_f.bias), self.wte.weight, cache.keys, cache.values, self.config.n_head,
+            self.ln_f.eps)
+        self.__dict__["_saved_token_step"] = (weights, step)
+        return step
 
     def prepare_decoding(self) -> list:
         """Every block's :meth:`Block.decode_weights` and the LM head's, for :meth:`decode_step`: made
