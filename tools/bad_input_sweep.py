@@ -182,6 +182,24 @@ def _build_table() -> None:  # noqa: C901 - one long table, read top to bottom
            "w": [NOT_TENSOR, L("1-d", lambda: t(8))],
            "bias": [L("wrong out", lambda: t(5)), NOT_TENSOR, L("2-d", lambda: t(1, 4))]})
     case("cpu_kernels.enabled(on=1)", lambda: mod("cpu_kernels").enabled(1).__enter__(), "on")
+    case("cpu_kernels.whole_step(on=1)", lambda: mod("cpu_kernels").whole_step(1).__enter__(), "on")
+
+    def token_step(**changes):  # one block of width 8 (2 heads of 4), F = 16, V = 5, a 4-slot cache
+        k = mod("cpu_kernels")
+        block = k.BlockWeights(t(8), t(8, seed=1), t(24, 8), None, t(8, 8, seed=2), None, t(8, seed=3), None,
+                               t(16, 8, seed=4), t(16, seed=5), t(8, 16, seed=6), None)
+        args = dict(blocks=[block], ln_f=(t(8, seed=7), None), head=t(5, 8, seed=8),
+                    keys=[torch.zeros(1, 2, 4, 4)], values=[torch.zeros(1, 2, 4, 4)], n_head=2, eps=1e-5)
+        return k.TokenStep(**{**args, **changes})
+    sweep("cpu_kernels.TokenStep", token_step, lambda: {},
+          {"n_head": [L("0", lambda: 0), L("3 (does not divide 8)", lambda: 3)],
+           "head": [L("float64", lambda: t(5, 8, dtype=torch.float64)), L("wrong width", lambda: t(5, 7))],
+           "keys": [L("batch 2", lambda: [torch.zeros(2, 2, 4, 4)]), L("two layers", lambda: [torch.zeros(1, 2, 4, 4)] * 2)],
+           "eps": [L("0", lambda: 0.0)]})
+    case("cpu_kernels.TokenStep()(position=4)", lambda: token_step()(t(8), 4), "position")
+    case("cpu_kernels.TokenStep()(x=wrong width)", lambda: token_step()(t(9), 0), "x")
+    case("cpu_kernels.TokenStep()(x=float64)", lambda: token_step()(t(8, dtype=torch.float64), 0), "x")
+    case("cpu_kernels.TokenStep()(valid)", lambda: token_step()(t(8), 0), expect="ok")
 
     # ---- attention
     def sdpa_base():
