@@ -146,30 +146,27 @@ def available() -> bool:
 
 
 @contextlib.contextmanager
-def enabled(on: bool):
-    """``with enabled(False):`` the book's decoding uses PyTorch's kernels instead, so that the two
-    can be measured side by side (the chapter does); ``enabled(True)`` switches it back on."""
-    on = _checks.boolean("on", on)
-    before = _state.get("off", False)
-    _state["off"] = not on
+def _switched_off(key: str, off: bool):
+    """Set ``_state[key]`` to ``off`` for the ``with`` block, then back to what it was."""
+    before = _state.get(key, False)
+    _state[key] = off
     try:
         yield
     finally:
-        _state["off"] = before
+        _state[key] = before
 
 
-@contextlib.contextmanager
+def enabled(on: bool):
+    """``with enabled(False):`` the book's decoding uses PyTorch's kernels instead, so that the two
+    can be measured side by side (the chapter does); ``enabled(True)`` switches it back on."""
+    return _switched_off("off", not _checks.boolean("on", on))
+
+
 def whole_step(on: bool):
     """``with whole_step(False):`` a GPT's batch-1 decoding step calls the C loop once per product
     (:func:`gemv`) instead of once per token (:class:`TokenStep`), so that the two can be
     measured side by side (the chapter does); ``whole_step(True)`` switches it back on."""
-    on = _checks.boolean("on", on)
-    before = _state.get("split", False)
-    _state["split"] = not on
-    try:
-        yield
-    finally:
-        _state["split"] = before
+    return _switched_off("split", not _checks.boolean("on", on))
 
 
 def whole_step_enabled() -> bool:
