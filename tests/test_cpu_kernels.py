@@ -231,7 +231,7 @@ def test_decode_step_takes_the_whole_step_path_and_rebuilds_it_for_a_new_cache()
         model.decode_step(seq[:, :20], cache)
         got = torch.stack([model.decode_step(seq[:, t:t + 1], cache, check=False) for t in range(20, 30)], 1)
         torch.testing.assert_close(got, full[:, 20:30], rtol=1e-4, atol=1e-4)
-        assert model.__dict__["_saved_token_step"][1].keys[0] is cache.keys[0]
+        assert model.__dict__["_saved_token_step"][1].writes_to(cache.keys, cache.values)
     cache.crop(25)  # roll back, then one step with every position's logits
     last = model.decode_step(seq[:, 25:26], cache, last_only=False)
     assert last.shape == (1, 1, 300)
@@ -277,3 +277,17 @@ def test_token_step_bad_input_names_the_argument():
         cpu_kernels.TokenStep(blocks, norm, head, cache.keys, cache.values, 4, 0.0)
     with pytest.raises(ValueError, match=r"ln_f must be \(weight, bias or None\), got a tuple of 1"):
         cpu_kernels.TokenStep(blocks, norm[:1], head, cache.keys, cache.values, 4, 1e-5)
+
+
+def test_a_small_model_keeps_the_pytorch_step_and_asks_once():
+    """Chapter 10's models are too small for the C loop: their step stays PyTorch's, and the
+    answer is kept for the model's weights instead of being worked out again every token."""
+    from transformer_book.models import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=2, n_head=2, n_embd=32)).eval()
+    cache = model.new_cache(1, 8)
+    model.decode_step(torch.zeros(1, 2, dtype=torch.long), cache)
+    model.decode_step(torch.zeros(1, 1, dtype=torch.long), cache)
+    if cpu_kernels.whole_step_enabled():
+        weights, step = model.__dict__["_saved_token_step"]
+        assert step is None and weights is model.prepare_decoding()

@@ -309,6 +309,12 @@ class TokenStep:
             _contiguous_f32(f"{name}[1]", bias, 1, "(C,)", (c,))
         return weight, bias
 
+    def writes_to(self, keys: Sequence[Tensor], values: Sequence[Tensor]) -> bool:
+        """Whether ``keys`` and ``values`` are the very buffers this step was built for (a cache's
+        ``keys`` and ``values`` lists): the step holds their addresses, not their names."""
+        return len(keys) == len(self.keys) and all(
+            a is b for a, b in zip(self.keys + self.values, list(keys) + list(values)))
+
     def __call__(self, x: Tensor, position: int, *, check: bool = True) -> Tensor:
         """The next-token logits ``(1, V)`` of a token whose embedding (token + position) is ``x``
         ``(C,)``, at ``position``; writes its key and value there in every layer and overwrites

@@ -331,14 +331,11 @@ class GPT(nn.Module):
         ``rows`` only for large float32 CPU matrices). Made once per cache and weights."""
         if type(cache) is not KVCache or not cpu_kernels.whole_step_enabled():
             return None
-        saved = self.__dict__.get("_saved_token_step")
-        if saved is not None and saved[0] is weights and len(saved[1].keys) == len(cache.keys) and all(
-                a is b for a, b in zip(saved[1].keys + saved[1].values, cache.keys + cache.values)):
-            return saved[1]  # the same weights and the same buffers (a step holds their addresses)
+        seen, step = self.__dict__.get("_saved_token_step", (None, None))
+        if seen is weights and (step is None or step.writes_to(cache.keys, cache.values)):
+            return step  # None: these matrices are not the C loop's, asked once per set of weights
         *blocks, _ = weights
-        if any(rows is None for block in blocks for _, _, rows in block):
-            return None
-        step = cpu_kernels.TokenStep(
+        step = None if any(rows is None for block in blocks for _, _, rows in block) else cpu_kernels.TokenStep(
             [cpu_kernels.BlockWeights(h.ln_1.weight, h.ln_1.bias, qkv[2], qkv[1], out[2], out[1], h.ln_2.weight,
                                       h.ln_2.bias, fc[2], fc[1], proj[2], proj[1])
              for h, (qkv, out, fc, proj) in zip(self.h, blocks)],
