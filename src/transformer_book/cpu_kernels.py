@@ -273,8 +273,8 @@ class TokenStep:
         d = c // n_head
         _, h_kv, t_max, _ = _contiguous_f32("keys[0]", keys[0], 4, "(1, H_kv, T, D)").shape
         _checks.divides("H_kv (keys[0].shape[1])", h_kv, "n_head", n_head)
-        f = _contiguous_f32("blocks[0].fc", _checks.instance("blocks[0]", blocks[0], BlockWeights).fc, 2,
-                              "(F, C)").shape[0]
+        first = _checks.instance("blocks[0]", blocks[0], BlockWeights)
+        f = _contiguous_f32("blocks[0].fc", first.fc, 2, "(F, C)").shape[0]  # the feed-forward width
         shapes = {"ln_1": (c,), "qkv": (c + 2 * h_kv * d, c), "out": (c, c), "ln_2": (c,), "fc": (f, c),
                   "proj": (c, f)}
         tensors = [None, None, None, *self._norm("ln_f", ln_f, c), head]  # x, scratch, logits: per call
