@@ -279,6 +279,7 @@ def test_token_step_bad_input_names_the_argument():
         cpu_kernels.TokenStep(blocks, norm[:1], head, cache.keys, cache.values, 4, 1e-5)
 
 
+@needs_kernels
 def test_a_small_model_keeps_the_pytorch_step_and_asks_once():
     """Chapter 10's models are too small for the C loop: their step stays PyTorch's, and the
     answer is kept for the model's weights instead of being worked out again every token."""
@@ -288,6 +289,5 @@ def test_a_small_model_keeps_the_pytorch_step_and_asks_once():
     cache = model.new_cache(1, 8)
     model.decode_step(torch.zeros(1, 2, dtype=torch.long), cache)
     model.decode_step(torch.zeros(1, 1, dtype=torch.long), cache)
-    if cpu_kernels.whole_step_enabled():
-        weights, step = model.__dict__["_saved_token_step"]
-        assert step is None and weights is model.prepare_decoding()
+    weights, step = model.__dict__["_saved_token_step"]
+    assert step is None and weights is model.prepare_decoding()

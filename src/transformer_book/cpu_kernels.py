@@ -287,9 +287,7 @@ class TokenStep:
                     _contiguous_f32(f"blocks[{i}].{name}_bias", bias, 1, "", shape[:1])
             for name, buffer in ((f"keys[{i}]", keys[i]), (f"values[{i}]", values[i])):
                 _contiguous_f32(name, buffer, 4, "(1, H_kv, T, D)", (1, h_kv, t_max, d))
-            tensors += [block.ln_1, block.ln_1_bias, block.qkv, block.qkv_bias, keys[i], values[i], block.out,
-                        block.out_bias, block.ln_2, block.ln_2_bias, block.fc, block.fc_bias, block.proj,
-                        block.proj_bias]
+            tensors += [*block[:4], keys[i], values[i], *block[4:]]  # the C layout: the fields, the cache after qkv
         self.n_embd, self.max_len, self.eps = c, t_max, eps
         self.keys, self.values = list(keys), list(values)  # what a caller compares with its cache's
         self._tensors = tensors  # alive as long as the pointers below

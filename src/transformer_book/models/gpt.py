@@ -308,13 +308,12 @@ class GPT(nn.Module):
         prepared = self.__dict__.get("_decode_cache")
         weights = self.prepare_decoding() if check or prepared is None else prepared[2]
         b, t = idx.shape
+        x = self.wte.weight[idx] + self.wpe.weight[cache.positions(t)]  # (B, T, C)
         if b == 1 and t == 1 and (step := self._token_step(cache, weights)) is not None:
-            x = self.wte.weight[idx[0, 0]] + self.wpe.weight[cache.length]  # (C,), a new tensor: the step overwrites it
-            logits = step(x, cache.length, check=False)  # (1, V): every block and the head in one C call
+            logits = step(x.view(-1), cache.length, check=False)  # (1, V): every block and the head in one C call
             cache.advance(1)
             return logits if last_only else logits[:, None]
         *blocks, head = weights
-        x = self.wte.weight[idx] + self.wpe.weight[cache.positions(t)]  # (B, T, C)
         mask = cache.attention_mask(t)  # None: one new token reads every cached key
         if mask is not None and mask.dtype == torch.bool:  # as the scores' additive -inf, once for all layers
             mask = to_additive_mask(mask, x.dtype)
