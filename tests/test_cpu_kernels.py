@@ -231,7 +231,7 @@ def test_decode_step_takes_the_whole_step_path_and_rebuilds_it_for_a_new_cache()
         model.decode_step(seq[:, :20], cache)
         got = torch.stack([model.decode_step(seq[:, t:t + 1], cache, check=False) for t in range(20, 30)], 1)
         torch.testing.assert_close(got, full[:, 20:30], rtol=1e-4, atol=1e-4)
-        assert model.__dict__["_saved_token_step"][1].writes_to(cache.keys, cache.values)
+        assert model.__dict__["_saved_token_step"][2].writes_to(cache.keys, cache.values)
     cache.crop(25)  # roll back, then one step with every position's logits
     last = model.decode_step(seq[:, 25:26], cache, last_only=False)
     assert last.shape == (1, 1, 300)
@@ -289,5 +289,52 @@ def test_a_small_model_keeps_the_pytorch_step_and_asks_once():
     cache = model.new_cache(1, 8)
     model.decode_step(torch.zeros(1, 2, dtype=torch.long), cache)
     model.decode_step(torch.zeros(1, 1, dtype=torch.long), cache)
-    weights, step = model.__dict__["_saved_token_step"]
-    assert step is None and weights is model.prepare_decoding()
+    weights, matrices, step = model.__dict__["_saved_token_step"]
+    assert step is None and matrices is None and weights is model.prepare_decoding()
+
+
+def test_in_reading_order_copies_end_to_end_in_one_block():
+    torch.manual_seed(0)
+    tensors = [torch.randn(3, 5), torch.randn(7), torch.randn(2, 2, 2)]
+    copies = cpu_kernels.in_reading_order(tensors)
+    start = copies[0].data_ptr()
+    for t, c, offset in zip(tensors, copies, (0, 15, 22)):
+        assert torch.equal(c, t) and c.shape == t.shape and c.is_contiguous()
+        assert c.data_ptr() == start + 4 * offset  # laid one after the other, in the order given
+        assert c.untyped_storage().data_ptr() == copies[0].untyped_storage().data_ptr()
+    tensors[0].zero_()
+    assert copies[0].abs().sum() > 0  # a copy: the originals can change without it
+    with torch.inference_mode():
+        assert not cpu_kernels.in_reading_order(tensors)[0].is_inference()
+    with pytest.raises(ValueError, match="tensors must hold at least one tensor"):
+        cpu_kernels.in_reading_order([])
+    with pytest.raises(TypeError, match=r"tensors\[1\] must be a float32 CPU tensor, got .*float64"):
+        cpu_kernels.in_reading_order([tensors[0], tensors[1].double()])
+    with pytest.raises(TypeError, match=r"tensors\[0\] must be"):
+        cpu_kernels.in_reading_order([[1.0, 2.0]])
+    with pytest.raises(TypeError, match="tensors must be a sequence of float32 CPU tensors, got tensor"):
+        cpu_kernels.in_reading_order(torch.randn(3))
+
+
+@needs_kernels
+def test_the_whole_step_reads_one_copy_of_its_matrices_remade_with_the_weights():
+    from transformer_book.models import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, block_size=16, n_layer=2, n_head=8, n_embd=512)).eval()
+    seq = torch.randint(300, (1, 12))
+    model.decode_step(seq[:, :1], model.new_cache(1, 16))  # one token: the whole step in C
+    _, matrices, step = model.__dict__["_saved_token_step"]
+    assert step is not None and len(matrices) == 4 * 2 + 1  # 4 a block, then the LM head
+    assert all(a is b for a, b in zip(step.matrices, matrices, strict=True))
+    assert matrices[-1].data_ptr() + matrices[-1].nbytes - matrices[0].data_ptr() == sum(m.nbytes for m in matrices)
+    assert torch.equal(matrices[-1], model.wte.weight) and matrices[-1].data_ptr() != model.wte.weight.data_ptr()
+    model.decode_step(seq[:, 1:2], model.new_cache(1, 16))  # another cache: another step, the same copy
+    assert model.__dict__["_saved_token_step"][1] is matrices
+    with torch.no_grad():  # new weights: a new copy, and the step reads them
+        model.h[1].mlp.fc_out.weight.mul_(2)
+    cache = model.new_cache(1, 16)
+    got = torch.stack([model.decode_step(seq[:, t:t + 1], cache) for t in range(12)], 1)
+    with torch.inference_mode():
+        torch.testing.assert_close(got, model(seq).logits, rtol=1e-4, atol=1e-4)
+    assert model.__dict__["_saved_token_step"][1] is not matrices

@@ -183,6 +183,9 @@ def _build_table() -> None:  # noqa: C901 - one long table, read top to bottom
            "bias": [L("wrong out", lambda: t(5)), NOT_TENSOR, L("2-d", lambda: t(1, 4))]})
     case("cpu_kernels.enabled(on=1)", lambda: mod("cpu_kernels").enabled(1).__enter__(), "on")
     case("cpu_kernels.whole_step(on=1)", lambda: mod("cpu_kernels").whole_step(1).__enter__(), "on")
+    sweep("cpu_kernels.in_reading_order", fn("cpu_kernels", "in_reading_order"), lambda: dict(tensors=[t(2, 3), t(4)]),
+          {"tensors": [NOT_TENSOR, L("empty", lambda: []), L("a float64", lambda: [t(3), t(2, dtype=torch.float64)]),
+                       L("an int tensor", lambda: [torch.ones(3, dtype=torch.int64)]), L("a tensor", lambda: t(3))]})
 
     def token_step(**changes):  # one block of width 8 (2 heads of 4), F = 16, V = 5, a 4-slot cache
         k = mod("cpu_kernels")

@@ -131,7 +131,8 @@ def instance(name: str, value: object, types: type | tuple[type, ...], expected:
         if expected is None:
             names = types if isinstance(types, tuple) else (types,)
             expected = " or ".join(t.__name__ for t in names)
-        raise TypeError(f"{name} must be a {expected}, got {describe(value)}")
+        article = "" if expected.startswith(("a ", "an ")) else "a "  # expected may bring its own
+        raise TypeError(f"{name} must be {article}{expected}, got {describe(value)}")
     return value
 
 

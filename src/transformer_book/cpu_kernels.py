@@ -9,10 +9,10 @@ which measures all of them) gets much closer, because it does nothing but stream
 
 :func:`gemv` is ``F.linear(x, w, bias)`` for a few rows of ``x``, ``w`` in ``nn.Linear``'s own
 ``(out, in)`` layout (no copy of the weights). :class:`TokenStep` is a whole decoding step of a
-GPT-2 style decoder (batch 1) in one call: the products and the small operations between them.
-The C source is compiled once per machine with
-the system's C compiler (``$CC``, else ``cc`` or ``gcc``; :data:`FLAGS`) into the book's cache
-directory (:func:`transformer_book.cache_root`), written atomically and checked against
+GPT-2 style decoder (batch 1) in one call: the products and the small operations between them;
+:func:`in_reading_order` lays the matrices it reads end to end in one block. The C source is
+compiled once per machine with the system's C compiler (``$CC``, else ``cc`` or ``gcc``;
+:data:`FLAGS`) into the book's cache directory (:func:`transformer_book.cache_root`), written atomically and checked against
 ``torch`` each time it is loaded (rebuilt if the file is bad). Where there is no compiler, or
 the check fails, :func:`available` is ``False``, :func:`status` says why, and the book's
 decoding uses PyTorch's kernels instead. Float32 CPU tensors only.
@@ -39,7 +39,7 @@ from torch import Tensor
 from transformer_book import _checks, cache_root
 
 __all__ = ["SOURCE", "FLAGS", "MAX_ROWS", "available", "enabled", "whole_step", "whole_step_enabled", "status",
-           "library_path", "gemv", "BlockWeights", "TokenStep"]
+           "library_path", "gemv", "in_reading_order", "BlockWeights", "TokenStep"]
 
 #: The kernel's C source, shipped with the package.
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
@@ -224,6 +224,27 @@ def gemv(x: Tensor, w: Tensor, bias: Tensor | None = None, *, check: bool = True
     return _gemv(_need_library() if check else _state["fn"], x, w, bias)
 
 
+def in_reading_order(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Copies of ``tensors`` (float32, CPU) laid end to end in one block of memory allocated for
+    them, in the order given: the matrices of a decoding step stored the way the step reads them,
+    one stream from the first byte to the last. On the book's virtual machine the model's own
+    tensors, allocated one by one while the model was built and loaded, read several points
+    slower than such a block (chapter 8 measures both); the price is a second copy of the
+    weights, made once per set of weights."""
+    _checks.instance("tensors", tensors, Sequence, "a sequence of float32 CPU tensors")
+    if not tensors:
+        raise ValueError("tensors must hold at least one tensor, got an empty sequence")
+    for i, t in enumerate(tensors):
+        _check_float32_cpu(**{f"tensors[{i}]": _checks.tensor(f"tensors[{i}]", t)})
+    with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, whatever the caller's mode
+        block = torch.empty(sum(t.numel() for t in tensors))
+        copies, start = [], 0
+        for t in tensors:
+            copies.append(block[start:start + t.numel()].view(t.shape).copy_(t))
+            start += t.numel()
+    return copies
+
+
 class BlockWeights(NamedTuple):
     """One GPT-2 block's tensors for :class:`TokenStep`, matrices in ``nn.Linear``'s ``(out, in)``
     layout, biases ``None`` where the model has none: ``C`` = n_embd, ``F`` the feed-forward
@@ -255,6 +276,8 @@ class TokenStep:
     :class:`BlockWeights` per layer; ``ln_f``: the final norm's ``(weight, bias or None)``;
     ``head``: the LM head ``(V, C)``; ``keys``, ``values``: the cache's buffers, one
     ``(1, H_kv, T, D)`` per layer, written at ``position``; ``n_head``, ``eps``: the model's.
+    ``matrices``: the matrices the step reads, in the order it reads them (every block's ``qkv``,
+    ``out``, ``fc``, ``proj``, then the head).
     """
 
     def __init__(self, blocks: Sequence[BlockWeights], ln_f: tuple, head: Tensor, keys: Sequence[Tensor],
@@ -290,6 +313,7 @@ class TokenStep:
             tensors += [*block[:4], keys[i], values[i], *block[4:]]  # the C layout: the fields, the cache after qkv
         self.n_embd, self.max_len, self.eps = c, t_max, eps
         self.keys, self.values = list(keys), list(values)  # what a caller compares with its cache's
+        self.matrices = [m for b in blocks for m in (b.qkv, b.out, b.fc, b.proj)] + [head]  # in reading order
         self._tensors = tensors  # alive as long as the pointers below
         self._scratch = torch.empty(3 * c + 2 * h_kv * d + f + n_head * t_max)
         self._ptr = (ctypes.c_void_p * len(tensors))(*[None if t is None else t.data_ptr() for t in tensors])

@@ -327,20 +327,31 @@ class GPT(nn.Module):
         """Chapter 8's whole step in C (:class:`~transformer_book.cpu_kernels.TokenStep`) for this
         cache, or ``None`` where it does not apply: the kernel off or missing, a cache other than a
         plain :class:`KVCache`, or matrices the C loop does not take (``packed_weight`` keeps
-        ``rows`` only for large float32 CPU matrices). Made once per cache and weights."""
+        ``rows`` only for large float32 CPU matrices). The step reads a copy of its matrices in
+        one block, in its reading order (:func:`~transformer_book.cpu_kernels.in_reading_order`),
+        made once per set of weights; the step itself once per cache."""
         if type(cache) is not KVCache or not cpu_kernels.whole_step_enabled():
             return None
-        seen, step = self.__dict__.get("_saved_token_step", (None, None))
-        if seen is weights and (step is None or step.writes_to(cache.keys, cache.values)):
+        seen, matrices, step = self.__dict__.get("_saved_token_step", (None, None, None))
+        if seen is weights and (matrices is None or step.writes_to(cache.keys, cache.values)):
             return step  # None: these matrices are not the C loop's, asked once per set of weights
         *blocks, _ = weights
-        step = None if any(rows is None for block in blocks for _, _, rows in block) else cpu_kernels.TokenStep(
-            [cpu_kernels.BlockWeights(h.ln_1.weight, h.ln_1.bias, qkv[2], qkv[1], out[2], out[1], h.ln_2.weight,
-                                      h.ln_2.bias, fc[2], fc[1], proj[2], proj[1])
-             for h, (qkv, out, fc, proj) in zip(self.h, blocks)],
-            (self.ln_f.weight, self.ln_f.bias), self.wte.weight, cache.keys, cache.values, self.config.n_head,
-            self.ln_f.eps)
-        self.__dict__["_saved_token_step"] = (weights, step)
+        if seen is not weights:
+            rows = [rows for block in blocks for _, _, rows in block]  # qkv, out, fc, proj of every block
+            usable = all(r is not None for r in rows)
+            matrices = cpu_kernels.in_reading_order(rows + [self.wte.weight]) if usable else None
+        if matrices is None:
+            step = None
+        else:  # each block's (W, b, rows) with the copy in place of its rows
+            blocks = [[(w, b, rows) for (w, b, _), rows in zip(block, matrices[4 * i:4 * i + 4])]
+                      for i, block in enumerate(blocks)]
+            step = cpu_kernels.TokenStep(
+                [cpu_kernels.BlockWeights(h.ln_1.weight, h.ln_1.bias, qkv[2], qkv[1], out[2], out[1],
+                                          h.ln_2.weight, h.ln_2.bias, fc[2], fc[1], proj[2], proj[1])
+                 for h, (qkv, out, fc, proj) in zip(self.h, blocks)],
+                (self.ln_f.weight, self.ln_f.bias), matrices[-1], cache.keys, cache.values, self.config.n_head,
+                self.ln_f.eps)
+        self.__dict__["_saved_token_step"] = (weights, matrices, step)
         return step
 
     def prepare_decoding(self) -> list:
