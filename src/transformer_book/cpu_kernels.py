@@ -228,9 +228,9 @@ def in_reading_order(tensors: Sequence[Tensor]) -> list[Tensor]:
     """Copies of ``tensors`` (float32, CPU) laid end to end in one block of memory allocated for
     them, in the order given: the matrices of a decoding step stored the way the step reads them,
     one stream from the first byte to the last. On the book's virtual machine the model's own
-    tensors, allocated one by one while the model was built and loaded, read several points
-    slower than such a block (chapter 8 measures both); the price is a second copy of the
-    weights, made once per set of weights."""
+    tensors, allocated one by one while the model was built and loaded, mostly read a few points
+    slower than such a block (chapter 8 measures both in each run); the price is a second copy of
+    the weights, made once per set of weights."""
     _checks.instance("tensors", tensors, Sequence, "a sequence of float32 CPU tensors")
     if not tensors:
         raise ValueError("tensors must hold at least one tensor, got an empty sequence")
