@@ -28,7 +28,7 @@ static inline float dot(const float *w, const float *x, long n)
  * runs out, so a thread the memory serves faster for a while reads more of
  * it and neither waits long for the other at the end (with equal halves,
  * `static`, the faster one would: on the book's 2-core machine the guided
- * split reads 3 to 5 points closer to the bandwidth bound). A further row of
+ * split reads 2 to 5 points closer to the bandwidth bound). A further row of
  * X reuses the row of W from the L1 cache, so W is read once whatever the
  * number of rows; but the arithmetic grows with the rows, and from about four
  * rows on a blocked matrix product (oneDNN's) is faster: the book uses this
@@ -77,8 +77,9 @@ static void layer_norm(const float *x, const float *w, const float *b, float *y,
 enum { STORE, ADD_TO, GELU };  /* what a product does with its outputs */
 
 /* y = W x + b inside the parallel region, the rows split among the threads as
- * in gemv_f32 (guided); ADD_TO adds to y (a residual connection), GELU applies GPT-2's
- * GELU (tanh approximation). Ends with a barrier: y is complete after it. */
+ * in gemv_f32 (guided); ADD_TO adds to y (a residual connection), GELU applies
+ * GPT-2's GELU (tanh approximation). Ends with a barrier: y is complete after
+ * it. */
 static void product(const float *W, const float *x, const float *b, float *y, long n_out, long n_in, int mode)
 {
     #pragma omp for schedule(guided, 16)

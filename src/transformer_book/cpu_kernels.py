@@ -12,10 +12,10 @@ which measures all of them) gets much closer, because it does nothing but stream
 GPT-2 style decoder (batch 1) in one call: the products and the small operations between them;
 :func:`in_reading_order` lays the matrices it reads end to end in one block. The C source is
 compiled once per machine with the system's C compiler (``$CC``, else ``cc`` or ``gcc``;
-:data:`FLAGS`) into the book's cache directory (:func:`transformer_book.cache_root`), written atomically and checked against
-``torch`` each time it is loaded (rebuilt if the file is bad). Where there is no compiler, or
-the check fails, :func:`available` is ``False``, :func:`status` says why, and the book's
-decoding uses PyTorch's kernels instead. Float32 CPU tensors only.
+:data:`FLAGS`) into the book's cache directory (:func:`transformer_book.cache_root`), written
+atomically and checked against ``torch`` each time it is loaded (rebuilt if the file is bad).
+Where there is no compiler, or the check fails, :func:`available` is ``False``, :func:`status`
+says why, and the book's decoding uses PyTorch's kernels instead. Float32 CPU tensors only.
 """
 
 from __future__ import annotations
