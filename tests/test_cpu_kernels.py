@@ -135,7 +135,7 @@ def test_a_model_first_prepared_with_the_kernel_off_uses_it_once_on():
 
     model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=8, n_embd=512)).eval()
     calls = []
-    real_gemv, real_step = cpu_kernels.gemv, cpu_kernels.TokenStep.__call__
+    real_gemv, real_step = cpu_kernels.gemv, cpu_kernels.TokenStep.from_token
 
     def counting(*args, **kwargs):
         calls.append("gemv")
@@ -148,14 +148,14 @@ def test_a_model_first_prepared_with_the_kernel_off_uses_it_once_on():
     cache = model.new_cache(1, 8)
     with cpu_kernels.enabled(False):
         model.decode_step(torch.zeros(1, 1, dtype=torch.long), cache)  # packs the weights
-    cpu_kernels.gemv, cpu_kernels.TokenStep.__call__ = counting, counting_step
+    cpu_kernels.gemv, cpu_kernels.TokenStep.from_token = counting, counting_step
     try:
         model.decode_step(torch.zeros(1, 1, dtype=torch.long), cache)
         assert calls == ["step"]  # the whole step in one call
         with cpu_kernels.whole_step(False):
             model.decode_step(torch.zeros(1, 1, dtype=torch.long), cache)
     finally:
-        cpu_kernels.gemv, cpu_kernels.TokenStep.__call__ = real_gemv, real_step
+        cpu_kernels.gemv, cpu_kernels.TokenStep.from_token = real_gemv, real_step
     assert calls[1:] == ["gemv"] * 4  # q/k/v, out, fc_in, fc_out; the 50-token head is too small
 
 
@@ -174,7 +174,8 @@ def _block_weights(model) -> list:
 
 def _token_step_for(model, cache):
     return cpu_kernels.TokenStep(_block_weights(model), (model.ln_f.weight, model.ln_f.bias), model.wte.weight,
-                                 cache.keys, cache.values, model.config.n_head, model.ln_f.eps)
+                                 cache.keys, cache.values, model.config.n_head, model.ln_f.eps,
+                                 embeddings=(model.wte.weight, model.wpe.weight))
 
 
 @needs_kernels
@@ -206,8 +207,10 @@ def test_token_step_equals_the_pytorch_step_and_writes_the_same_cache(seed):
             step = _token_step_for(model, cache)
             for t in range(8, 20):
                 expected = model.decode_step(seq[:, t:t + 1], ref_cache)
-                x = model.wte.weight[seq[0, t]] + model.wpe.weight[t]
-                got = step(x, cache.length)
+                if t % 2:  # the embedding looked up in C (int32 ids too), or given
+                    got = step.from_token(seq[:, t:t + 1].to(torch.int32 if seed % 2 else torch.int64), t)
+                else:
+                    got = step(model.wte.weight[seq[0, t]] + model.wpe.weight[t], cache.length)
                 cache.advance(1)
                 torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
                 assert torch.equal(got.argmax(-1), expected.argmax(-1))
@@ -215,6 +218,46 @@ def test_token_step_equals_the_pytorch_step_and_writes_the_same_cache(seed):
                 torch.testing.assert_close(a[:, :, :20], b[:, :, :20], rtol=1e-5, atol=1e-5)
     finally:
         torch.set_num_threads(threads)
+
+
+@needs_kernels
+def test_from_token_is_the_call_with_the_embedding_made_in_python():
+    from transformer_book.models import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=61, block_size=16, n_layer=2, n_head=4, n_embd=40)).eval()
+    caches = [model.new_cache(1, 16) for _ in range(2)]
+    steps = [_token_step_for(model, cache) for cache in caches]
+    with torch.inference_mode():
+        for position, token in enumerate([3, 60, 0, 17, 17, 42]):
+            x = model.wte.weight[token] + model.wpe.weight[position]
+            given, looked_up = steps[0](x.clone(), position), steps[1].from_token(torch.tensor(token), position)
+            assert torch.equal(given, looked_up)  # the same float additions, in C instead of PyTorch
+    for a, b in zip(caches[0].keys + caches[0].values, caches[1].keys + caches[1].values):
+        assert torch.equal(a, b)
+
+
+@needs_kernels
+def test_token_step_gelu_holds_far_into_both_tails():
+    """The C loop's GELU is built from exp (2^k times a polynomial), not libm's tanhf: feed-forward
+    inputs from about -40 to 40 must still give PyTorch's numbers."""
+    from transformer_book.models import GPT, GPTConfig
+
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(vocab_size=50, block_size=12, n_layer=2, n_head=2, n_embd=32)).eval()
+    with torch.no_grad():
+        for h in model.h:
+            h.mlp.fc_in.weight.mul_(60.0)  # pre-activations far beyond GELU's bend
+    seq = torch.randint(50, (1, 12))
+    with torch.inference_mode():
+        h0 = model.h[0]
+        pre = h0.mlp.fc_in(h0.ln_2(model.wte.weight[seq[0]] + model.wpe.weight[:12]))
+        assert pre.min() < -20 and pre.max() > 20  # the test reaches the tails
+        full = model(seq).logits
+        cache = model.new_cache(1, 12)
+        step = _token_step_for(model, cache)
+        got = torch.cat([step.from_token(seq[:, t], t) for t in range(12)])
+    torch.testing.assert_close(got, full[0], rtol=1e-4, atol=1e-4)
 
 
 @needs_kernels
@@ -254,6 +297,19 @@ def test_token_step_bad_input_names_the_argument():
         step(x.double(), 0)
     with pytest.raises(ValueError, match="x must be contiguous"):
         step(torch.zeros(64)[::2], 0)
+    token = torch.tensor([[3]])
+    with pytest.raises(ValueError, match=r"token holds ids in \[40, 40\], outside the vocabulary \[0, vocab_size=40\)"):
+        step.from_token(torch.tensor([[40]]), 0)
+    with pytest.raises(ValueError, match=r"token must hold one token id on the CPU, got shape \(1, 2\)"):
+        step.from_token(torch.tensor([[3, 4]]), 0)
+    with pytest.raises(TypeError, match="token must hold integer token ids"):
+        step.from_token(token.float(), 0)
+    with pytest.raises(ValueError, match=r"position must be an int in \[0, 7\], got 8"):
+        step.from_token(token, 8)
+    bare = cpu_kernels.TokenStep(_block_weights(model), (model.ln_f.weight, model.ln_f.bias), model.wte.weight,
+                                 cache.keys, cache.values, 4, 1e-5)
+    with pytest.raises(ValueError, match="from_token needs the embedding tables"):
+        bare.from_token(token, 0)
     assert torch.equal(x, torch.zeros(32)) and cache.keys[0].abs().sum() == 0  # nothing written
     blocks, norm, head = _block_weights(model), (model.ln_f.weight, model.ln_f.bias), model.wte.weight
     with pytest.raises(ValueError, match="one entry per layer, got 2, 1 and 2"):
@@ -277,6 +333,12 @@ def test_token_step_bad_input_names_the_argument():
         cpu_kernels.TokenStep(blocks, norm, head, cache.keys, cache.values, 4, 0.0)
     with pytest.raises(ValueError, match=r"ln_f must be \(weight, bias or None\), got a tuple of 1"):
         cpu_kernels.TokenStep(blocks, norm[:1], head, cache.keys, cache.values, 4, 1e-5)
+    with pytest.raises(TypeError, match=r"embeddings must be a tuple \(token table, position table\) or None, got list"):
+        cpu_kernels.TokenStep(blocks, norm, head, cache.keys, cache.values, 4, 1e-5, embeddings=[head, head])
+    with pytest.raises(ValueError, match=r"embeddings\[1\] must have shape \(P, C\) = \(\*, 32\), got shape "
+                                         r"\(8, 31\)"):
+        cpu_kernels.TokenStep(blocks, norm, head, cache.keys, cache.values, 4, 1e-5,
+                              embeddings=(head, torch.zeros(8, 31)))
 
 
 @needs_kernels

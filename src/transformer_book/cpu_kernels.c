@@ -9,6 +9,7 @@
  * instruction), the unrolled loop keeps several loads in flight.
  */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 /* Row w (contiguous, read once from memory) times x (reused, in the L1 cache). */
@@ -76,19 +77,42 @@ static void layer_norm(const float *x, const float *w, const float *b, float *y,
 
 enum { STORE, ADD_TO, GELU };  /* what a product does with its outputs */
 
+/* y = GPT-2's GELU of y (tanh approximation), n floats, inside the parallel
+ * region (the threads split y; a barrier at the end). libm's tanhf is one
+ * call per float, which the stream of a product cannot hide; written with
+ * exp as 2^k e^r, the loop runs 16 floats an instruction:
+ * tanh(z) = sign(z) (1 - e) / (1 + e) with e = exp(-2|z|), |z| capped at 20
+ * (tanh is 1 to float precision long before), k = round(-2|z| / ln 2) and
+ * e^r, |r| <= ln(2) / 2, by its Taylor series to r^6 (error below 2e-7). */
+static void gelu(float *y, long n)
+{
+    #pragma omp for simd schedule(static)
+    for (long i = 0; i < n; i++) {
+        const float u = y[i], z = 0.7978845608028654f * (u + 0.044715f * u * u * u);
+        const float a = -2.0f * (fabsf(z) < 20.0f ? fabsf(z) : 20.0f);
+        const float k = rintf(a * 1.4426950408889634f);           /* a / ln 2 */
+        const float r = a - k * 0.6931471805599453f;
+        const float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+        const int bits = ((int)k + 127) << 23;                     /* 2^k as a float's bits */
+        float two_k;
+        memcpy(&two_k, &bits, sizeof two_k);
+        const float e = two_k * p, t = copysignf((1.0f - e) / (1.0f + e), z);
+        y[i] = 0.5f * u * (1.0f + t);
+    }
+}
+
 /* y = W x + b inside the parallel region, the rows split among the threads as
- * in gemv_f32 (guided); ADD_TO adds to y (a residual connection), GELU applies
- * GPT-2's GELU (tanh approximation). Ends with a barrier: y is complete after
- * it. */
+ * in gemv_f32 (guided); ADD_TO adds to y (a residual connection), GELU then
+ * applies GPT-2's GELU to y. Ends with a barrier: y is complete after it. */
 static void product(const float *W, const float *x, const float *b, float *y, long n_out, long n_in, int mode)
 {
     #pragma omp for schedule(guided, 16)
     for (long o = 0; o < n_out; o++) {
-        float u = dot(W + o * n_in, x, n_in) + (b ? b[o] : 0.0f);
-        if (mode == GELU)
-            u = 0.5f * u * (1.0f + tanhf(0.7978845608028654f * (u + 0.044715f * u * u * u)));
+        const float u = dot(W + o * n_in, x, n_in) + (b ? b[o] : 0.0f);
         y[o] = mode == ADD_TO ? y[o] + u : u;
     }
+    if (mode == GELU)
+        gelu(y, n_out);
 }
 
 /* One query head q (D floats) over the n cached keys K and values V (n, D):
@@ -120,7 +144,11 @@ static void attend(const float *q, const float *K, const float *V, float *s, flo
  *      ln_f bias, the LM head (V, C); then 14 per layer: ln_1 weight, bias,
  *      W_qkv (C + 2 H_kv D, C), b_qkv, the layer's key and value buffers
  *      (H_kv, T, D) of the cache, W_o (C, C), b_o, ln_2 weight, bias,
- *      W_fc (F, C), b_fc, W_proj (C, F), b_proj. Biases may be NULL.
+ *      W_fc (F, C), b_fc, W_proj (C, F), b_proj. Biases may be NULL. Then
+ *      three more: the token's id (one int64), the token and the position
+ *      embedding tables (rows of C); if the id is given, x is made here as
+ *      the token's row plus the position's (no PyTorch call between steps),
+ *      otherwise x comes in holding it.
  * dim: C, H, H_kv, D, F, pos (the token's position: keys 0 .. pos are read),
  *      T (the cache's max_len), n_layer, V. */
 void decode_token_f32(float *const *ptr, const long *dim, float eps, int n_threads)
@@ -129,6 +157,12 @@ void decode_token_f32(float *const *ptr, const long *dim, float eps, int n_threa
     const long C = dim[0], H = dim[1], H_kv = dim[2], D = dim[3], F = dim[4], pos = dim[5], T = dim[6];
     const long n_layer = dim[7], V = dim[8], n_qkv = C + 2 * H_kv * D;
     float *xn = scratch, *qkv = xn + C, *att = qkv + n_qkv, *h = att + C, *s = h + F;
+    const int64_t *token = (const int64_t *)ptr[6 + 14 * n_layer];
+    if (token) {  /* x = wte[token] + wpe[pos] */
+        const float *wte = ptr[7 + 14 * n_layer] + *token * C, *wpe = ptr[8 + 14 * n_layer] + pos * C;
+        for (long i = 0; i < C; i++)
+            x[i] = wte[i] + wpe[i];
+    }
     #pragma omp parallel num_threads(n_threads)
     {
         for (long l = 0; l < n_layer; l++) {

@@ -276,12 +276,14 @@ class TokenStep:
     :class:`BlockWeights` per layer; ``ln_f``: the final norm's ``(weight, bias or None)``;
     ``head``: the LM head ``(V, C)``; ``keys``, ``values``: the cache's buffers, one
     ``(1, H_kv, T, D)`` per layer, written at ``position``; ``n_head``, ``eps``: the model's.
+    ``embeddings``: optional ``(token table (V_in, C), position table (P, C))``, for
+    :meth:`from_token`, which looks the token up in C too.
     ``matrices``: the matrices the step reads, in the order it reads them (every block's ``qkv``,
     ``out``, ``fc``, ``proj``, then the head).
     """
 
     def __init__(self, blocks: Sequence[BlockWeights], ln_f: tuple, head: Tensor, keys: Sequence[Tensor],
-                 values: Sequence[Tensor], n_head: int, eps: float) -> None:
+                 values: Sequence[Tensor], n_head: int, eps: float, embeddings: tuple | None = None) -> None:
         _need_library()  # RuntimeError, with the reason, where the kernel is not available
         _checks.instance("blocks", blocks, Sequence, "a sequence of BlockWeights, one per layer")
         _checks.instance("keys", keys, Sequence, "the cache's key buffers, one per layer")
@@ -311,11 +313,14 @@ class TokenStep:
             for name, buffer in ((f"keys[{i}]", keys[i]), (f"values[{i}]", values[i])):
                 _contiguous_f32(name, buffer, 4, "(1, H_kv, T, D)", (1, h_kv, t_max, d))
             tensors += [*block[:4], keys[i], values[i], *block[4:]]  # the C layout: the fields, the cache after qkv
+        self._token_slot, self._tables = len(tensors), self._embeddings(embeddings, c)
+        tensors += [None, *(self._tables or (None, None))]  # the token id (per call), the two tables
         self.n_embd, self.max_len, self.eps = c, t_max, eps
         self.keys, self.values = list(keys), list(values)  # what a caller compares with its cache's
         self.matrices = [m for b in blocks for m in (b.qkv, b.out, b.fc, b.proj)] + [head]  # in reading order
         self._tensors = tensors  # alive as long as the pointers below
         self._scratch = torch.empty(3 * c + 2 * h_kv * d + f + n_head * t_max)
+        self._x = torch.empty(c)  # from_token's residual stream
         self._ptr = (ctypes.c_void_p * len(tensors))(*[None if t is None else t.data_ptr() for t in tensors])
         self._ptr[1] = self._scratch.data_ptr()
         self._dim = (ctypes.c_long * 9)(c, n_head, h_kv, d, f, 0, t_max, len(blocks), v)
@@ -330,6 +335,16 @@ class TokenStep:
         if bias is not None:
             _contiguous_f32(f"{name}[1]", bias, 1, "(C,)", (c,))
         return weight, bias
+
+    @staticmethod
+    def _embeddings(embeddings: object, c: int) -> tuple | None:
+        if embeddings is None:
+            return None
+        _checks.instance("embeddings", embeddings, tuple, "a tuple (token table, position table) or None")
+        if len(embeddings) != 2:
+            raise ValueError(f"embeddings must be (token table, position table), got a tuple of {len(embeddings)}")
+        return tuple(_contiguous_f32(f"embeddings[{i}]", table, 2, f"({rows}, C)", (None, c))
+                     for i, (table, rows) in enumerate(zip(embeddings, ("V_in", "P"))))
 
     def writes_to(self, keys: Sequence[Tensor], values: Sequence[Tensor]) -> bool:
         """Whether ``keys`` and ``values`` are the very buffers this step was built for (a cache's
@@ -347,6 +362,28 @@ class TokenStep:
             _checks.integer("position", position, 0, self.max_len - 1)
         logits = x.new_empty(1, self._dim[8])
         self._ptr[0], self._ptr[2], self._dim[5] = x.data_ptr(), logits.data_ptr(), position
+        self._ptr[self._token_slot] = None
+        _state["token"](self._ptr, self._dim, self.eps, torch.get_num_threads())
+        return logits
+
+    def from_token(self, token: Tensor, position: int, *, check: bool = True) -> Tensor:
+        """``self(token_table[token] + position_table[position], position)`` with the lookup made
+        in C as well: ``token`` is one token id (a one-element integer tensor), the tables are the
+        ``embeddings`` given at construction. After a step has streamed the weights through the
+        caches, the three PyTorch calls of that lookup cost more than the lookup itself."""
+        if check:
+            if self._tables is None:
+                raise ValueError("from_token needs the embedding tables: build the TokenStep with embeddings=")
+            token = _checks.token_ids("token", token, self._tables[0].shape[0], dim=(0, 1, 2), layout="(one id)")
+            if token.numel() != 1 or token.device.type != "cpu":
+                raise ValueError(f"token must hold one token id on the CPU, got shape {tuple(token.shape)} on "
+                                 f"{token.device}")
+            _checks.integer("position", position, 0, min(self.max_len, self._tables[1].shape[0]) - 1)
+        if token.dtype != torch.int64:
+            token = token.long()  # the C loop reads one int64
+        logits = self._x.new_empty(1, self._dim[8])
+        self._ptr[0], self._ptr[2], self._dim[5] = self._x.data_ptr(), logits.data_ptr(), position
+        self._ptr[self._token_slot] = token.data_ptr()
         _state["token"](self._ptr, self._dim, self.eps, torch.get_num_threads())
         return logits
 

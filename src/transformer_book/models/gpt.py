@@ -308,11 +308,11 @@ class GPT(nn.Module):
         prepared = self.__dict__.get("_decode_cache")
         weights = self.prepare_decoding() if check or prepared is None else prepared[2]
         b, t = idx.shape
-        x = self.wte.weight[idx] + self.wpe.weight[cache.positions(t)]  # (B, T, C)
         if b == 1 and t == 1 and (step := self._token_step(cache, weights)) is not None:
-            logits = step(x.view(-1), cache.length, check=False)  # (1, V): every block and the head in one C call
+            logits = step.from_token(idx, cache.length, check=False)  # (1, V): the embedding, every block, the head
             cache.advance(1)
             return logits if last_only else logits[:, None]
+        x = self.wte.weight[idx] + self.wpe.weight[cache.positions(t)]  # (B, T, C)
         *blocks, head = weights
         mask = cache.attention_mask(t)  # None: one new token reads every cached key
         if mask is not None and mask.dtype == torch.bool:  # as the scores' additive -inf, once for all layers
@@ -324,8 +324,8 @@ class GPT(nn.Module):
         return affine(_layer_norm(self.ln_f, x), *head)  # (B, [T,] V): the tied head
 
     def _token_step(self, cache, weights: list) -> cpu_kernels.TokenStep | None:
-        """Chapter 8's whole step in C (:class:`~transformer_book.cpu_kernels.TokenStep`) for this
-        cache, or ``None`` where it does not apply: the kernel off or missing, a cache other than a
+        """Chapter 8's whole step in C (:class:`~transformer_book.cpu_kernels.TokenStep`, the token's
+        embedding looked up there too) for this cache, or ``None`` where it does not apply: the kernel off or missing, a cache other than a
         plain :class:`KVCache`, or matrices the C loop does not take (``packed_weight`` keeps
         ``rows`` only for large float32 CPU matrices). The step reads a copy of its matrices in
         one block, in its reading order (:func:`~transformer_book.cpu_kernels.in_reading_order`),
@@ -350,7 +350,7 @@ class GPT(nn.Module):
                                           h.ln_2.weight, h.ln_2.bias, fc[2], fc[1], proj[2], proj[1])
                  for h, (qkv, out, fc, proj) in zip(self.h, blocks)],
                 (self.ln_f.weight, self.ln_f.bias), matrices[-1], cache.keys, cache.values, self.config.n_head,
-                self.ln_f.eps)
+                self.ln_f.eps, embeddings=(self.wte.weight, self.wpe.weight))
         self.__dict__["_saved_token_step"] = (weights, matrices, step)
         return step
 
