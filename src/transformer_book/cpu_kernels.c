@@ -80,7 +80,8 @@ enum { STORE, ADD_TO, GELU };  /* what a product does with its outputs */
 /* y = GPT-2's GELU of y (tanh approximation), n floats, inside the parallel
  * region (the threads split y; a barrier at the end). libm's tanhf is one
  * call per float, which the stream of a product cannot hide; written with
- * exp as 2^k e^r, the loop runs 16 floats an instruction:
+ * exp as 2^k e^r, the loop is vectorised (16 floats an instruction with
+ * AVX-512):
  * tanh(z) = sign(z) (1 - e) / (1 + e) with e = exp(-2|z|), |z| capped at 20
  * (tanh is 1 to float precision long before), k = round(-2|z| / ln 2) and
  * e^r, |r| <= ln(2) / 2, by its Taylor series to r^6 (error below 2e-7). */
