@@ -308,8 +308,9 @@ def test_token_step_bad_input_names_the_argument():
         step.from_token(token, 8)
     bare = cpu_kernels.TokenStep(_block_weights(model), (model.ln_f.weight, model.ln_f.bias), model.wte.weight,
                                  cache.keys, cache.values, 4, 1e-5)
-    with pytest.raises(ValueError, match="from_token needs the embedding tables"):
-        bare.from_token(token, 0)
+    for check in (True, False):  # unchecked too: the C loop would read a null table
+        with pytest.raises(ValueError, match="from_token needs the embedding tables"):
+            bare.from_token(token, 0, check=check)
     assert torch.equal(x, torch.zeros(32)) and cache.keys[0].abs().sum() == 0  # nothing written
     blocks, norm, head = _block_weights(model), (model.ln_f.weight, model.ln_f.bias), model.wte.weight
     with pytest.raises(ValueError, match="one entry per layer, got 2, 1 and 2"):

@@ -370,10 +370,10 @@ class TokenStep:
         """``self(token_table[token] + position_table[position], position)`` with the lookup made
         in C as well: ``token`` is one token id (a one-element integer tensor), the tables are the
         ``embeddings`` given at construction. After a step has streamed the weights through the
-        caches, the three PyTorch calls of that lookup cost more than the lookup itself."""
+        caches, the four PyTorch calls of that lookup cost more than the lookup itself."""
+        if self._tables is None:  # even with check=False: the C loop would read a null table
+            raise ValueError("from_token needs the embedding tables: build the TokenStep with embeddings=")
         if check:
-            if self._tables is None:
-                raise ValueError("from_token needs the embedding tables: build the TokenStep with embeddings=")
             token = _checks.token_ids("token", token, self._tables[0].shape[0], dim=(0, 1, 2), layout="(one id)")
             if token.numel() != 1 or token.device.type != "cpu":
                 raise ValueError(f"token must hold one token id on the CPU, got shape {tuple(token.shape)} on "

@@ -325,11 +325,12 @@ class GPT(nn.Module):
 
     def _token_step(self, cache, weights: list) -> cpu_kernels.TokenStep | None:
         """Chapter 8's whole step in C (:class:`~transformer_book.cpu_kernels.TokenStep`, the token's
-        embedding looked up there too) for this cache, or ``None`` where it does not apply: the kernel off or missing, a cache other than a
-        plain :class:`KVCache`, or matrices the C loop does not take (``packed_weight`` keeps
-        ``rows`` only for large float32 CPU matrices). The step reads a copy of its matrices in
-        one block, in its reading order (:func:`~transformer_book.cpu_kernels.in_reading_order`),
-        made once per set of weights; the step itself once per cache."""
+        embedding looked up there too) for this cache, or ``None`` where it does not apply: the
+        kernel off or missing, a cache other than a plain :class:`KVCache`, or matrices the C loop
+        does not take (``packed_weight`` keeps ``rows`` only for large float32 CPU matrices). The
+        step reads a copy of its matrices in one block, in its reading order
+        (:func:`~transformer_book.cpu_kernels.in_reading_order`), made once per set of weights; the
+        step itself once per cache."""
         if type(cache) is not KVCache or not cpu_kernels.whole_step_enabled():
             return None
         seen, matrices, step = self.__dict__.get("_saved_token_step", (None, None, None))
