@@ -360,11 +360,7 @@ class TokenStep:
         if check:
             _contiguous_f32("x", x, 1, "(C,)", (self.n_embd,))
             _checks.integer("position", position, 0, self.max_len - 1)
-        logits = x.new_empty(1, self._dim[8])
-        self._ptr[0], self._ptr[2], self._dim[5] = x.data_ptr(), logits.data_ptr(), position
-        self._ptr[self._token_slot] = None
-        _state["token"](self._ptr, self._dim, self.eps, torch.get_num_threads())
-        return logits
+        return self._run(x, None, position)
 
     def from_token(self, token: Tensor, position: int, *, check: bool = True) -> Tensor:
         """``self(token_table[token] + position_table[position], position)`` with the lookup made
@@ -381,9 +377,14 @@ class TokenStep:
             _checks.integer("position", position, 0, min(self.max_len, self._tables[1].shape[0]) - 1)
         if token.dtype != torch.int64:
             token = token.long()  # the C loop reads one int64
-        logits = self._x.new_empty(1, self._dim[8])
-        self._ptr[0], self._ptr[2], self._dim[5] = self._x.data_ptr(), logits.data_ptr(), position
-        self._ptr[self._token_slot] = token.data_ptr()
+        return self._run(self._x, token, position)
+
+    def _run(self, x: Tensor, token: Tensor | None, position: int) -> Tensor:
+        """One C call: ``x`` the residual stream (holding the embedding unless ``token`` is given,
+        whose row the C loop looks up), fresh logits ``(1, V)`` returned."""
+        logits = x.new_empty(1, self._dim[8])
+        self._ptr[0], self._ptr[2], self._dim[5] = x.data_ptr(), logits.data_ptr(), position
+        self._ptr[self._token_slot] = None if token is None else token.data_ptr()
         _state["token"](self._ptr, self._dim, self.eps, torch.get_num_threads())
         return logits
 
