@@ -62,6 +62,8 @@ def test_bandwidth_and_bound_pairs():
     _, ours = bd.gpt2_pair(bd.DecodeSettings(**TINY))
     read, step = bd.bound_pairs(ours, torch.zeros(1, 4, dtype=torch.long), 5, 2)
     assert len(read) == len(step) == 2 * 4 and min(read + step) > 0
+    read, step = bd.bound_pairs(ours, torch.zeros(1, 4, dtype=torch.long), 8, 2, chunk=3)
+    assert len(read) == len(step) == 2 * 3 and min(read + step) > 0  # 7 tokens a repetition: 3 + 3 + 1
 
 
 def test_cpu_record_has_every_target_side_by_side(record, tmp_path):

@@ -401,3 +401,124 @@ def test_the_whole_step_reads_one_copy_of_its_matrices_remade_with_the_weights()
     with torch.inference_mode():
         torch.testing.assert_close(got, model(seq).logits, rtol=1e-4, atol=1e-4)
     assert model.__dict__["_saved_token_step"][1] is not matrices
+
+
+def _greedy_by_steps(step, token: int, position: int, n: int) -> list:
+    """What TokenStep.greedy must return: one from_token call and one torch.argmax per token."""
+    tokens = []
+    for i in range(n):
+        token = int(step.from_token(torch.tensor(token), position + i).argmax(-1))
+        tokens.append(token)
+    return tokens
+
+
+@needs_kernels
+@pytest.mark.parametrize("seed", range(4))
+def test_greedy_in_one_call_chooses_what_step_and_argmax_choose(seed):
+    """The C loop's argmax (two passes split among the threads) and its feeding of each chosen
+    token at the next position, against one C step and torch.argmax a token, 1 to 3 threads."""
+    from transformer_book.models import GPT, GPTConfig
+
+    g = torch.Generator().manual_seed(seed)
+    config = GPTConfig(vocab_size=int(torch.randint(50, 700, (), generator=g)), block_size=40, n_layer=2,
+                       n_head=4, n_kv_head=[4, 2][seed % 2], n_embd=48, bias=seed % 2 == 0)
+    torch.manual_seed(seed)
+    model = GPT(config).eval()
+    with torch.no_grad():
+        model.wte.weight.mul_(20.0)  # peaked logits: a long greedy run visits many different tokens
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 + seed % 3)
+    try:
+        with torch.inference_mode():
+            caches = [model.new_cache(1, 40) for _ in range(2)]
+            steps = [_token_step_for(model, cache) for cache in caches]
+            first = int(torch.randint(config.vocab_size, (), generator=g))
+            got = steps[0].greedy(torch.tensor([[first]], dtype=torch.int32), 3, 30)
+            assert got.dtype == torch.int64 and got.shape == (30,)
+            assert got.tolist() == _greedy_by_steps(steps[1], first, 3, 30)
+        for a, b in zip(caches[0].keys + caches[0].values, caches[1].keys + caches[1].values):
+            assert torch.equal(a[:, :, 3:33], b[:, :, 3:33])  # the same keys and values, fed at 3 .. 32
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_kernels
+def test_greedy_takes_the_first_of_tied_logits_and_refuses_a_nan():
+    from transformer_book.models import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=301, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
+    with torch.no_grad():  # every even row of the (tied) head one vector, every odd row its negative
+        row = torch.randn(16)
+        model.wte.weight[0::2], model.wte.weight[1::2] = row, -row
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the tied maxima lie in both threads' halves
+    try:
+        with torch.inference_mode():
+            step = _token_step_for(model, model.new_cache(1, 16))
+            got = step.greedy(torch.tensor(7), 0, 10).tolist()
+            assert set(got) <= {0, 1}  # 150 or 151 rows tie for the largest logit: the first wins
+            assert got == _greedy_by_steps(_token_step_for(model, model.new_cache(1, 16)), 7, 0, 10)
+            with torch.no_grad():
+                model.wte.weight[200] = float("nan")
+            with pytest.raises(ValueError, match="the logits at position 0 have a NaN"):
+                step.greedy(torch.tensor(7), 0, 10)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_kernels
+def test_greedy_bad_input_names_the_argument():
+    from transformer_book.models import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=40, block_size=8, n_layer=1, n_head=4, n_embd=32)).eval()
+    cache = model.new_cache(1, 8)
+    step = _token_step_for(model, cache)
+    token = torch.tensor([[3]])
+    with pytest.raises(ValueError, match=r"n must be an int in \[1, 8\], got 0"):
+        step.greedy(token, 0, 0)
+    with pytest.raises(ValueError, match=r"n must be an int in \[1, 8\], got 9"):
+        step.greedy(token, 0, 9)
+    with pytest.raises(TypeError, match="n must be an int"):
+        step.greedy(token, 0, 2.0)
+    with pytest.raises(ValueError, match=r"position must be an int in \[0, 5\], got 6"):
+        step.greedy(token, 6, 3)  # positions 6, 7, 8: one past the cache
+    with pytest.raises(ValueError, match=r"token holds ids in \[40, 40\]"):
+        step.greedy(torch.tensor([[40]]), 0, 2)
+    assert cache.keys[0].abs().sum() == 0  # nothing written
+    bare = cpu_kernels.TokenStep(_block_weights(model), (model.ln_f.weight, model.ln_f.bias), model.wte.weight,
+                                 cache.keys, cache.values, 4, 1e-5)
+    for check in (True, False):
+        with pytest.raises(ValueError, match="greedy needs the embedding tables"):
+            bare.greedy(token, 0, 2, check=check)
+
+
+@needs_kernels
+def test_decode_greedy_and_generate_take_the_c_loop_and_choose_the_same_tokens():
+    from transformer_book.generate import generate
+    from transformer_book.models import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, block_size=48, n_layer=2, n_head=8, n_embd=512)).eval()
+    with torch.no_grad():
+        model.wte.weight.mul_(10.0)
+    prompt = torch.randint(300, (1, 12))
+    with torch.inference_mode():
+        cache = model.new_cache(1, 40)
+        first = model.decode_step(prompt, cache).argmax(-1, keepdim=True)
+        got = model.decode_greedy(first, cache, 20)
+        assert model.__dict__["_saved_token_step"][2].writes_to(cache.keys, cache.values)  # the C loop ran
+        assert cache.length == 12 + 20  # the prompt, the first token and 19 chosen ones
+        out = generate(model, prompt, 21)
+        with cpu_kernels.whole_step(False):  # PyTorch's step and argmax, a token at a time
+            cache_py = model.new_cache(1, 40)
+            model.decode_step(prompt, cache_py)
+            assert torch.equal(model.decode_greedy(first, cache_py, 20), got)
+            assert torch.equal(generate(model, prompt, 21), out)
+        for a, b in zip(cache.keys + cache.values, cache_py.keys + cache_py.values):
+            torch.testing.assert_close(a[:, :, :32], b[:, :, :32], rtol=1e-4, atol=1e-4)
+        expected = prompt
+        for _ in range(21):  # no cache at all
+            expected = torch.cat([expected, model(expected).logits[:, -1:].argmax(-1)], 1)
+    assert torch.equal(out[:, 12:13], first) and torch.equal(out[:, 13:], got)
+    assert torch.equal(out, expected)

@@ -18,6 +18,7 @@ from transformer_book.generate import (
     top_k_filter,
     top_p_filter,
 )
+from transformer_book.kv_cache import KVCache
 from transformer_book.models import GPT, GPTConfig
 
 torch.set_num_threads(1)
@@ -241,3 +242,31 @@ def test_a_model_returning_nan_logits_stops_generate(tiny_gpt):
     for temperature in (0.0, 1.0):
         with pytest.raises(ValueError, match="is the model's output finite"):
             generate(tiny_gpt, torch.zeros(1, 2, dtype=torch.long), 3, temperature=temperature)
+
+
+def test_decode_greedy_feeds_its_choices_and_keeps_the_cache_on_failure():
+    """GPT.decode_greedy outside the C loop (a batch, a small model): decode_step and argmax per
+    token, the cache left holding the prompt and all chosen tokens but the last."""
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16)).eval()
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    with torch.inference_mode():
+        cache = model.new_cache(2, 12)
+        got = model.decode_greedy(prompt, cache, 8)
+    assert got.shape == (2, 8) and got.dtype == torch.long and cache.length == 3 + 7
+    assert torch.equal(torch.cat([prompt, got], 1), generate(model, prompt, 8))
+    with pytest.raises(ValueError, match=r"n must be a positive int, got 0"):
+        model.decode_greedy(prompt, model.new_cache(2, 12), 0)
+    with pytest.raises(ValueError, match=r"the step writes 10 new position\(s\) after the 0 filled ones, past the "
+                                         r"cache's max_len=9"):
+        model.decode_greedy(prompt, model.new_cache(2, 9), 8)  # 3 + 7 fed positions
+    with pytest.raises(ValueError, match=r"n=15 greedy tokens after 0 cached and 3 new ones need 17 positions, "
+                                         r"past block_size=16"):
+        model.decode_greedy(prompt, KVCache(2, 2, 2, 8, 40), 15)  # a cache longer than the window
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("nan")
+    cache = model.new_cache(2, 12)
+    model.decode_step(prompt[:, :1], cache)
+    with pytest.raises(ValueError, match="the logits at position 2 have a NaN"):
+        model.decode_greedy(prompt[:, 1:], cache, 4)
+    assert cache.length == 1  # as it was

@@ -140,6 +140,54 @@ static void attend(const float *q, const float *K, const float *V, float *s, flo
     }
 }
 
+/* One token through the decoder, called by every thread of a parallel region
+ * (the `omp single` and `omp for` inside bind to it): x = wte[token] + wpe[pos]
+ * if token is given, every block, the final norm and the LM head into logits.
+ * ptr and dim as decode_token_f32 takes them; pos is the token's position. */
+static void token_pass(float *const *ptr, const long *dim, long pos, const int64_t *token, float eps)
+{
+    float *x = ptr[0], *scratch = ptr[1], *logits = ptr[2];
+    const long C = dim[0], H = dim[1], H_kv = dim[2], D = dim[3], F = dim[4], T = dim[6];
+    const long n_layer = dim[7], V = dim[8], n_qkv = C + 2 * H_kv * D;
+    float *xn = scratch, *qkv = xn + C, *att = qkv + n_qkv, *h = att + C, *s = h + F;
+    if (token) {  /* x = wte[token] + wpe[pos] */
+        #pragma omp single
+        {
+            const float *wte = ptr[7 + 14 * n_layer] + *token * C, *wpe = ptr[8 + 14 * n_layer] + pos * C;
+            for (long i = 0; i < C; i++)
+                x[i] = wte[i] + wpe[i];
+        }
+    }
+    for (long l = 0; l < n_layer; l++) {
+        float *const *w = ptr + 6 + 14 * l;
+        float *keys = w[4], *values = w[5];
+        /* x = x + attn(ln_1(x)) */
+        #pragma omp single
+        layer_norm(x, w[0], w[1], xn, C, eps);
+        product(w[2], xn, w[3], qkv, n_qkv, C, STORE);  /* q | k | v */
+        #pragma omp single
+        for (long g = 0; g < H_kv; g++) {  /* the new key and value join the cache at pos */
+            memcpy(keys + (g * T + pos) * D, qkv + C + g * D, D * sizeof(float));
+            memcpy(values + (g * T + pos) * D, qkv + C + (H_kv + g) * D, D * sizeof(float));
+        }
+        #pragma omp for schedule(static)
+        for (long hd = 0; hd < H; hd++) {
+            const long g = hd / (H / H_kv);  /* grouped-query: heads share a key/value head */
+            attend(qkv + hd * D, keys + g * T * D, values + g * T * D, s + hd * T, att + hd * D, pos + 1, D);
+        }
+        product(w[6], att, w[7], x, C, C, ADD_TO);
+        /* x = x + mlp(ln_2(x)) */
+        #pragma omp single
+        layer_norm(x, w[8], w[9], xn, C, eps);
+        product(w[10], xn, w[11], h, F, C, GELU);
+        product(w[12], h, w[13], x, C, F, ADD_TO);
+    }
+    /* logits = ln_f(x) @ wte^T */
+    #pragma omp single
+    layer_norm(x, ptr[3], ptr[4], xn, C, eps);
+    product(ptr[5], xn, NULL, logits, V, C, STORE);
+}
+
 /* ptr: x (C: the token's embedding in, overwritten by the residual stream),
  *      scratch (3C + 2 H_kv D + F + H T floats), logits (V out), ln_f weight,
  *      ln_f bias, the LM head (V, C); then 14 per layer: ln_1 weight, bias,
@@ -154,45 +202,55 @@ static void attend(const float *q, const float *K, const float *V, float *s, flo
  *      T (the cache's max_len), n_layer, V. */
 void decode_token_f32(float *const *ptr, const long *dim, float eps, int n_threads)
 {
-    float *x = ptr[0], *scratch = ptr[1], *logits = ptr[2];
-    const long C = dim[0], H = dim[1], H_kv = dim[2], D = dim[3], F = dim[4], pos = dim[5], T = dim[6];
-    const long n_layer = dim[7], V = dim[8], n_qkv = C + 2 * H_kv * D;
-    float *xn = scratch, *qkv = xn + C, *att = qkv + n_qkv, *h = att + C, *s = h + F;
-    const int64_t *token = (const int64_t *)ptr[6 + 14 * n_layer];
-    if (token) {  /* x = wte[token] + wpe[pos] */
-        const float *wte = ptr[7 + 14 * n_layer] + *token * C, *wpe = ptr[8 + 14 * n_layer] + pos * C;
-        for (long i = 0; i < C; i++)
-            x[i] = wte[i] + wpe[i];
-    }
+    const int64_t *token = (const int64_t *)ptr[6 + 14 * dim[7]];
     #pragma omp parallel num_threads(n_threads)
-    {
-        for (long l = 0; l < n_layer; l++) {
-            float *const *w = ptr + 6 + 14 * l;
-            float *keys = w[4], *values = w[5];
-            /* x = x + attn(ln_1(x)) */
-            #pragma omp single
-            layer_norm(x, w[0], w[1], xn, C, eps);
-            product(w[2], xn, w[3], qkv, n_qkv, C, STORE);  /* q | k | v */
-            #pragma omp single
-            for (long g = 0; g < H_kv; g++) {  /* the new key and value join the cache at pos */
-                memcpy(keys + (g * T + pos) * D, qkv + C + g * D, D * sizeof(float));
-                memcpy(values + (g * T + pos) * D, qkv + C + (H_kv + g) * D, D * sizeof(float));
-            }
-            #pragma omp for schedule(static)
-            for (long hd = 0; hd < H; hd++) {
-                const long g = hd / (H / H_kv);  /* grouped-query: heads share a key/value head */
-                attend(qkv + hd * D, keys + g * T * D, values + g * T * D, s + hd * T, att + hd * D, pos + 1, D);
-            }
-            product(w[6], att, w[7], x, C, C, ADD_TO);
-            /* x = x + mlp(ln_2(x)) */
-            #pragma omp single
-            layer_norm(x, w[8], w[9], xn, C, eps);
-            product(w[10], xn, w[11], h, F, C, GELU);
-            product(w[12], h, w[13], x, C, F, ADD_TO);
-        }
-        /* logits = ln_f(x) @ wte^T */
+    token_pass(ptr, dim, dim[5], token, eps);
+}
+
+/* Greedy decoding, n tokens in one call: feed the token ptr points to at
+ * position dim[5], take the largest logit as the next token (the first one
+ * on a tie, as torch.argmax), feed that at the next position, and so on; the
+ * i-th token chosen goes to out[i], its logits stay in ptr[2] until the next
+ * step overwrites them. Between tokens there is no Python and no waking of
+ * threads: the loop runs inside one parallel region. Returns the number of
+ * tokens chosen: n, or i if the logits of step i had a NaN or no finite
+ * maximum (there is no next token; the caller reports it). The token and
+ * embedding pointers (the three slots after the layers) must be given. */
+long decode_greedy_f32(float *const *ptr, const long *dim, float eps, int n_threads, long n, int64_t *out)
+{
+    const float *logits = ptr[2];
+    const long V = dim[8];
+    const int64_t *token = (const int64_t *)ptr[6 + 14 * dim[7]];
+    float top;       /* the step's largest logit */
+    long first;      /* its first index */
+    int bad, done = 0;
+    #pragma omp parallel num_threads(n_threads)
+    for (long i = 0; i < n && !done; i++) {
+        token_pass(ptr, dim, dim[5] + i, token, eps);
         #pragma omp single
-        layer_norm(x, ptr[3], ptr[4], xn, C, eps);
-        product(ptr[5], xn, NULL, logits, V, C, STORE);
+        {
+            top = -INFINITY;
+            bad = 0;
+            first = V;
+        }
+        #pragma omp for simd schedule(static) reduction(max:top) reduction(|:bad)
+        for (long o = 0; o < V; o++) {
+            top = logits[o] > top ? logits[o] : top;  /* a NaN never wins here ... */
+            bad |= logits[o] != logits[o];            /* ... it is flagged instead */
+        }
+        #pragma omp for simd schedule(static) reduction(min:first)
+        for (long o = 0; o < V; o++)
+            first = logits[o] == top && o < first ? o : first;
+        #pragma omp single
+        {
+            if (bad || !isfinite(top)) {
+                done = 1;
+                n = i;  /* tokens chosen before this step */
+            } else {
+                out[i] = first;
+                token = out + i;
+            }
+        }  /* its barrier: every thread sees done and the next token */
     }
+    return n;
 }

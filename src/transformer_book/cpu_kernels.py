@@ -97,13 +97,16 @@ def _build(path: Path, compiler: str) -> None:
 
 
 def _load(path: Path):
-    """The library's two functions: ``gemv_f32`` (returned) and ``decode_token_f32`` (kept in ``_state``)."""
+    """The library's functions: ``gemv_f32`` (returned), ``decode_token_f32`` and
+    ``decode_greedy_f32`` (kept in ``_state``)."""
     library = ctypes.CDLL(str(path))
-    fn, token = library.gemv_f32, library.decode_token_f32
+    fn, token, greedy = library.gemv_f32, library.decode_token_f32, library.decode_greedy_f32
     fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
     token.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_long), ctypes.c_float, ctypes.c_int]
+    greedy.argtypes = token.argtypes + [ctypes.c_long, ctypes.c_void_p]
     fn.restype = token.restype = None
-    _state["token"] = token
+    greedy.restype = ctypes.c_long
+    _state.update(token=token, greedy=greedy)
     return fn
 
 
@@ -367,26 +370,50 @@ class TokenStep:
         in C as well: ``token`` is one token id (a one-element integer tensor), the tables are the
         ``embeddings`` given at construction. After a step has streamed the weights through the
         caches, the four PyTorch calls of that lookup cost more than the lookup itself."""
+        token = self._token("from_token", token, position, 1, check)
+        return self._run(self._x, token, position)
+
+    def greedy(self, token: Tensor, position: int, n: int, *, check: bool = True) -> Tensor:
+        """Greedy decoding in one C call: the ``n`` tokens ``(n,)`` (int64) that follow ``token``
+        at ``position``. Each step takes the largest logit (the first on a tie, as
+        ``torch.argmax``) and feeds it at the next position, in C, with no Python and no waking
+        of threads between the tokens; the keys and values of ``token`` and of the first
+        ``n - 1`` chosen tokens are written at ``position .. position + n - 1`` (the last one is
+        not fed). ``ValueError`` if a step's logits hold a NaN or have no finite maximum: there
+        is no next token (the positions that step wrote are the caller's to discard)."""
+        token = self._token("greedy", token, position, n, check)
+        return self._run(self._x, token, position, n)
+
+    def _token(self, method: str, token: Tensor, position: int, n: int, check: bool) -> Tensor:
+        """``token`` checked (with ``position`` and the ``n`` positions from it) and as one int64."""
         if self._tables is None:  # even with check=False: the C loop would read a null table
-            raise ValueError("from_token needs the embedding tables: build the TokenStep with embeddings=")
+            raise ValueError(f"{method} needs the embedding tables: build the TokenStep with embeddings=")
         if check:
             token = _checks.token_ids("token", token, self._tables[0].shape[0], dim=(0, 1, 2), layout="(one id)")
             if token.numel() != 1 or token.device.type != "cpu":
                 raise ValueError(f"token must hold one token id on the CPU, got shape {tuple(token.shape)} on "
                                  f"{token.device}")
-            _checks.integer("position", position, 0, min(self.max_len, self._tables[1].shape[0]) - 1)
-        if token.dtype != torch.int64:
-            token = token.long()  # the C loop reads one int64
-        return self._run(self._x, token, position)
+            positions = min(self.max_len, self._tables[1].shape[0])  # the cache's and the position table's
+            _checks.integer("n", n, 1, positions)
+            _checks.integer("position", position, 0, positions - n)
+        return token if token.dtype == torch.int64 else token.long()  # the C loop reads one int64
 
-    def _run(self, x: Tensor, token: Tensor | None, position: int) -> Tensor:
+    def _run(self, x: Tensor, token: Tensor | None, position: int, n: int = 0) -> Tensor:
         """One C call: ``x`` the residual stream (holding the embedding unless ``token`` is given,
-        whose row the C loop looks up), fresh logits ``(1, V)`` returned."""
+        whose row the C loop looks up), fresh logits ``(1, V)`` returned; with ``n``, the ``n``
+        greedy tokens chosen in C instead (each step's logits overwrite the last's)."""
         logits = x.new_empty(1, self._dim[8])
         self._ptr[0], self._ptr[2], self._dim[5] = x.data_ptr(), logits.data_ptr(), position
         self._ptr[self._token_slot] = None if token is None else token.data_ptr()
-        _state["token"](self._ptr, self._dim, self.eps, torch.get_num_threads())
-        return logits
+        if not n:
+            _state["token"](self._ptr, self._dim, self.eps, torch.get_num_threads())
+            return logits
+        out = torch.empty(n, dtype=torch.int64)
+        chosen = _state["greedy"](self._ptr, self._dim, self.eps, torch.get_num_threads(), n, out.data_ptr())
+        if chosen < n:
+            raise ValueError(f"the logits at position {position + chosen} have a NaN, +inf or only -inf values: "
+                             "no next token exists (is the model's output finite?)")
+        return out
 
 
 def _contiguous_f32(name: str, t: object, dim: int, layout: str, shape: tuple | None = None) -> Tensor:

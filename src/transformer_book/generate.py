@@ -251,16 +251,22 @@ def generate(
 def _generate_static(model: nn.Module, idx: Tensor, max_new_tokens: int, settings: tuple,
                      generator: torch.Generator | None) -> Tensor:
     """Chapter 8's decoding loop: one preallocated cache and output, the model's ``decode_step``
-    (last-position logits only), and nothing else per token. Same tokens as the general loop."""
+    (last-position logits only), and nothing else per token. Greedy, the tokens after the
+    first come from the model's ``decode_greedy`` where it has one (chapter 8's C loop: all of
+    them in one call). Same tokens as the general loop."""
     b, t = idx.shape
     out = torch.empty(b, t + max_new_tokens, dtype=idx.dtype, device=idx.device)
     out[:, :t] = idx
     cache = model.new_cache(b, max_len=t + max_new_tokens)
     logits = model.decode_step(idx, cache)  # prefill: the whole prompt in one pass, (B, V)
-    for i in range(t, t + max_new_tokens):
+    out[:, t:t + 1] = _sample(logits, *settings, generator)
+    greedy = settings[0] < torch.finfo(logits.dtype).tiny  # as _probs decides
+    if greedy and max_new_tokens > 1 and hasattr(model, "decode_greedy"):  # the ids are ours, already valid
+        out[:, t + 1:] = model.decode_greedy(out[:, t:t + 1], cache, max_new_tokens - 1, check=False)
+        return out
+    for i in range(t + 1, t + max_new_tokens):  # decode: one token a step
+        logits = model.decode_step(out[:, i - 1:i], cache, check=False)
         out[:, i:i + 1] = _sample(logits, *settings, generator)
-        if i + 1 < t + max_new_tokens:  # decode: one token a step; the ids are ours, already valid
-            logits = model.decode_step(out[:, i:i + 1], cache, check=False)
     return out
 
 

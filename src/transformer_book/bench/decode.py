@@ -17,7 +17,9 @@ of the per-repetition ratios, so a neighbour's load slows both sides of a ratio 
   book's :func:`~transformer_book.generate.generate` against ``GPT2LMHeadModel.generate``
   (identical tokens checked first), tokens per second of the whole call;
 * ``bound``: the machine's memory read bandwidth (the sum of a large tensor) and the book's
-  decoding time per token (after the prompt) in the same repetitions; the ceiling is
+  greedy decoding time per token (after the prompt; :meth:`GPT.decode_greedy`, 8 tokens a
+  call, which the C loop chooses in one call, as in ``generate``) in the same repetitions,
+  each call timed next to as many reads; the ceiling is
   ``bandwidth / bytes read per token`` (every weight once, plus the cache read), in float32
   and bfloat16;
 * ``context``: the cost of one token at context ``context`` with the cache (one position
@@ -192,11 +194,15 @@ def _hf_generate(hf, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
         return hf.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=config)
 
 
-def bound_pairs(model: GPT, prompt: torch.Tensor, new_tokens: int, repeats: int) -> tuple[list, list]:
-    """``(read, step)``: seconds to read (sum) as many bytes as one decoding step reads, and
-    seconds of that step, in pairs taken back to back, for ``new_tokens - 1`` greedy steps after
-    ``prompt``, ``repeats`` times. ``read[i] / step[i]`` is the fraction of the bandwidth
-    ceiling that step ``i`` reached; pairing keeps a neighbour's load on both sides alike."""
+def bound_pairs(model: GPT, prompt: torch.Tensor, new_tokens: int, repeats: int,
+                chunk: int = 1) -> tuple[list, list]:
+    """``(read, step)``: seconds a token to read (sum) as many bytes as one decoding step reads,
+    and seconds a token of greedy decoding (:meth:`GPT.decode_greedy`, ``chunk`` tokens a call),
+    in pairs taken back to back, for the ``new_tokens - 1`` tokens after ``prompt``'s first,
+    ``repeats`` times. ``read[i] / step[i]`` is the fraction of the bandwidth ceiling that pair
+    ``i`` reached; pairing keeps a neighbour's load on both sides alike. ``chunk=1`` is one call
+    a token; a larger ``chunk`` measures the loop as :func:`~transformer_book.generate.generate`
+    runs it (with chapter 8's C loop, all of a call's tokens chosen in C)."""
     per_token = bytes_per_token(model, prompt.shape[1] + new_tokens // 2, prompt.shape[0])
     block = torch.ones(per_token // 4)  # float32: as many bytes as a step reads
     block.sum()
@@ -204,23 +210,25 @@ def bound_pairs(model: GPT, prompt: torch.Tensor, new_tokens: int, repeats: int)
     for r in range(repeats):
         cache = model.new_cache(prompt.shape[0], prompt.shape[1] + new_tokens)
         token = model.decode_step(prompt, cache).argmax(-1, keepdim=True)
-        for i in range(new_tokens - 1):
+        for i, done in enumerate(range(0, new_tokens - 1, chunk)):
+            n = min(chunk, new_tokens - 1 - done)
             for what in (("read", "step") if (r + i) % 2 else ("step", "read")):
                 t = time.perf_counter()
                 if what == "read":
-                    block.sum()
+                    for _ in range(n):
+                        block.sum()
                 else:
-                    token = model.decode_step(token, cache, check=False).argmax(-1, keepdim=True)
-                (read if what == "read" else step).append(time.perf_counter() - t)
+                    token = model.decode_greedy(token, cache, n, check=False)[:, -1:]
+                (read if what == "read" else step).append((time.perf_counter() - t) / n)
     return read, step
 
 
-def measure_bound(model: GPT, prompt: torch.Tensor, new_tokens: int, repeats: int) -> dict:
+def measure_bound(model: GPT, prompt: torch.Tensor, new_tokens: int, repeats: int, chunk: int = 8) -> dict:
     """:func:`bound_pairs` summed up: bytes per token, the bandwidth and the ceiling it gives,
     the decoder's tokens/s and its fraction of the ceiling (the median of the paired ratios)."""
     per_token = bytes_per_token(model, prompt.shape[1] + new_tokens // 2, prompt.shape[0])
-    read, step = bound_pairs(model, prompt, new_tokens, repeats)
-    return {"bytes_per_token": per_token, "read_seconds": read, "step_seconds": step,
+    read, step = bound_pairs(model, prompt, new_tokens, repeats, chunk)
+    return {"bytes_per_token": per_token, "read_seconds": read, "step_seconds": step, "tokens_per_call": chunk,
             "bandwidth_bytes_per_s": per_token / statistics.median(read),
             "tokens_per_s": 1 / statistics.median(step), "ceiling_tokens_per_s": 1 / statistics.median(read),
             "fraction_of_ceiling": median_ratio(read, step)}

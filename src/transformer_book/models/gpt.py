@@ -300,13 +300,8 @@ class GPT(nn.Module):
         the host synchronisation that checking token ids needs; a decoding loop checks once).
         """
         if check:
-            self._check_forward(idx, None, cache, None, False, False)
             _checks.boolean("last_only", last_only)
-            if not callable(getattr(cache, "positions", None)):
-                raise TypeError(f"decode_step needs a cache with positions(n_new) (a KVCache), got "
-                                f"{_checks.describe(cache)}")
-        prepared = self.__dict__.get("_decode_cache")
-        weights = self.prepare_decoding() if check or prepared is None else prepared[2]
+        weights = self._decoding_weights("decode_step", idx, cache, check)
         b, t = idx.shape
         if b == 1 and t == 1 and (step := self._token_step(cache, weights)) is not None:
             logits = step.from_token(idx, cache.length, check=False)  # (1, V): the embedding, every block, the head
@@ -322,6 +317,53 @@ class GPT(nn.Module):
         cache.advance(t)
         x = x[:, -1] if last_only else x  # (B, C), or (B, T, C) for every new position
         return affine(_layer_norm(self.ln_f, x), *head)  # (B, [T,] V): the tied head
+
+    def decode_greedy(self, idx: Tensor, cache, n: int, *, check: bool = True) -> Tensor:
+        """Greedy decoding of ``n`` tokens after ``idx`` ``(B, T)``: feed ``idx``, take the
+        largest logit of its last position (the first on a tie, as ``argmax``), feed that, and so
+        on; returns the ``n`` chosen tokens ``(B, n)``. The ``cache`` ends holding ``idx`` and the
+        first ``n - 1`` of them (the last is not fed, as :func:`~transformer_book.generate.generate`
+        leaves it). One token at batch 1 over a plain :class:`KVCache` goes to chapter 8's C loop
+        where :meth:`decode_step` would (:meth:`~transformer_book.cpu_kernels.TokenStep.greedy`:
+        all ``n`` tokens in one call, no Python between them); otherwise :meth:`decode_step` and
+        ``argmax`` per token, the same tokens. ``ValueError`` if a step's logits hold a NaN or
+        have no finite maximum (no next token; the cache is then as it was)."""
+        weights = self._decoding_weights("decode_greedy", idx, cache, check)
+        b, t = idx.shape
+        if check:
+            n = _checks.positive_int("n", n)
+            cache.check_step(t + n - 1, b, self.wte.weight.dtype, self.wte.weight.device)  # room for every fed token
+            if cache.length + t + n - 1 > self.config.block_size:
+                raise ValueError(f"n={n} greedy tokens after {cache.length} cached and {t} new ones need "
+                                 f"{cache.length + t + n - 1} positions, past block_size={self.config.block_size}")
+        start = cache.length
+        if b == 1 and t == 1 and (step := self._token_step(cache, weights)) is not None:
+            tokens = step.greedy(idx, start, n, check=False)[None]  # (1, n): the whole loop in one C call
+            cache.advance(n)
+            return tokens
+        tokens = idx.new_empty((b, n), dtype=torch.long)
+        try:
+            for i in range(n):
+                logits = self.decode_step(idx if i == 0 else tokens[:, i - 1:i], cache, check=False)  # (B, V)
+                top, tokens[:, i] = logits.max(dim=-1)  # the first maximum; a NaN is the maximum
+                if not bool(torch.isfinite(top).all()):
+                    raise ValueError(f"the logits at position {cache.length - 1} have a NaN, +inf or only -inf "
+                                     "values: no next token exists (is the model's output finite?)")
+        except ValueError:
+            cache.crop(start)
+            raise
+        return tokens
+
+    def _decoding_weights(self, method: str, idx: Tensor, cache, check: bool) -> list:
+        """:meth:`prepare_decoding`'s weights for a decoding call, after checking ``idx`` and
+        ``cache`` (``check``); unchecked, the weights prepared last time."""
+        if check:
+            self._check_forward(idx, None, cache, None, False, False)
+            if not callable(getattr(cache, "positions", None)):
+                raise TypeError(f"{method} needs a cache with positions(n_new) (a KVCache), got "
+                                f"{_checks.describe(cache)}")
+        prepared = self.__dict__.get("_decode_cache")
+        return self.prepare_decoding() if check or prepared is None else prepared[2]
 
     def _token_step(self, cache, weights: list) -> cpu_kernels.TokenStep | None:
         """Chapter 8's whole step in C (:class:`~transformer_book.cpu_kernels.TokenStep`, the token's
