@@ -326,7 +326,7 @@ class GPT(nn.Module):
         leaves it). One token at batch 1 over a plain :class:`KVCache` goes to chapter 8's C loop
         where :meth:`decode_step` would (:meth:`~transformer_book.cpu_kernels.TokenStep.greedy`:
         all ``n`` tokens in one call, no Python between them); otherwise :meth:`decode_step` and
-        ``argmax`` per token, the same tokens. ``ValueError`` if a step's logits hold a NaN or
+        the maximum per token, the same tokens. ``ValueError`` if a step's logits hold a NaN or
         have no finite maximum (no next token; the cache is then as it was)."""
         weights = self._decoding_weights("decode_greedy", idx, cache, check)
         b, t = idx.shape
