@@ -30,6 +30,8 @@ def test_settings_are_checked():
         bd.DecodeSettings(context=2048)
     with pytest.raises(ValueError, match="n_head=5 must divide n_embd=768"):
         bd.DecodeSettings(n_head=5)
+    with pytest.raises(ValueError, match=r"new_tokens must be >= 3 \(the bound times"):
+        bd.DecodeSettings(new_tokens=2)
 
 
 def test_bytes_per_token_is_every_weight_once_plus_the_cache():
@@ -61,9 +63,13 @@ def test_bandwidth_and_bound_pairs():
     assert bd.measure_bandwidth(4, 2) > 1e8  # bytes/s: any machine reads more than 100 MB/s
     _, ours = bd.gpt2_pair(bd.DecodeSettings(**TINY))
     read, step = bd.bound_pairs(ours, torch.zeros(1, 4, dtype=torch.long), 5, 2)
-    assert len(read) == len(step) == 2 * 4 and min(read + step) > 0
-    read, step = bd.bound_pairs(ours, torch.zeros(1, 4, dtype=torch.long), 8, 2, chunk=3)
+    assert len(read) == len(step) == 2 * 3 and min(read + step) > 0  # 5 - 2 timed tokens a repetition
+    read, step = bd.bound_pairs(ours, torch.zeros(1, 4, dtype=torch.long), 9, 2, chunk=3)
     assert len(read) == len(step) == 2 * 3 and min(read + step) > 0  # 7 tokens a repetition: 3 + 3 + 1
+    with pytest.raises(ValueError, match="new_tokens must be an int >= 3, got 2"):
+        bd.bound_pairs(ours, torch.zeros(1, 4, dtype=torch.long), 2, 2)
+    with pytest.raises(ValueError, match="chunk must be a positive int, got 0"):
+        bd.bound_pairs(ours, torch.zeros(1, 4, dtype=torch.long), 5, 2, chunk=0)
 
 
 def test_cpu_record_has_every_target_side_by_side(record, tmp_path):

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import torch
 
-from transformer_book import cpu_kernels
+from transformer_book import _checks, cpu_kernels
 from transformer_book.generate import generate
 from transformer_book.kv_cache import GraphKVCache, kv_cache_bytes
 from transformer_book.models import GPT
@@ -114,6 +114,9 @@ class DecodeSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.new_tokens < 3:
+            raise ValueError(f"new_tokens must be >= 3 (the bound times the tokens after the first and an "
+                             f"untimed step), got {self.new_tokens}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_head={self.n_head} must divide n_embd={self.n_embd}")
         if self.prompt_len + max(self.new_tokens, self.gpu_new_tokens) > self.n_positions:
@@ -198,11 +201,14 @@ def bound_pairs(model: GPT, prompt: torch.Tensor, new_tokens: int, repeats: int,
                 chunk: int = 1) -> tuple[list, list]:
     """``(read, step)``: seconds a token to read (sum) as many bytes as one decoding step reads,
     and seconds a token of greedy decoding (:meth:`GPT.decode_greedy`, ``chunk`` tokens a call),
-    in pairs taken back to back, for the ``new_tokens - 1`` tokens after ``prompt``'s first,
-    ``repeats`` times. ``read[i] / step[i]`` is the fraction of the bandwidth ceiling that pair
+    in pairs taken back to back, for ``new_tokens - 2`` tokens, ``repeats`` times: each
+    repetition first runs the prompt and one step untimed (the step sets the decoder up for
+    its new cache, chapter 8's C loop included). ``read[i] / step[i]`` is the fraction of the bandwidth ceiling that pair
     ``i`` reached; pairing keeps a neighbour's load on both sides alike. ``chunk=1`` is one call
     a token; a larger ``chunk`` measures the loop as :func:`~transformer_book.generate.generate`
     runs it (with chapter 8's C loop, all of a call's tokens chosen in C)."""
+    _checks.integer("new_tokens", new_tokens, 3)
+    repeats, chunk = _checks.positive_int("repeats", repeats), _checks.positive_int("chunk", chunk)
     per_token = bytes_per_token(model, prompt.shape[1] + new_tokens // 2, prompt.shape[0])
     block = torch.ones(per_token // 4)  # float32: as many bytes as a step reads
     block.sum()
@@ -210,8 +216,9 @@ def bound_pairs(model: GPT, prompt: torch.Tensor, new_tokens: int, repeats: int,
     for r in range(repeats):
         cache = model.new_cache(prompt.shape[0], prompt.shape[1] + new_tokens)
         token = model.decode_step(prompt, cache).argmax(-1, keepdim=True)
-        for i, done in enumerate(range(0, new_tokens - 1, chunk)):
-            n = min(chunk, new_tokens - 1 - done)
+        token = model.decode_step(token, cache).argmax(-1, keepdim=True)
+        for i, done in enumerate(range(0, new_tokens - 2, chunk)):
+            n = min(chunk, new_tokens - 2 - done)
             for what in (("read", "step") if (r + i) % 2 else ("step", "read")):
                 t = time.perf_counter()
                 if what == "read":
