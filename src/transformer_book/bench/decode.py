@@ -203,10 +203,11 @@ def bound_pairs(model: GPT, prompt: torch.Tensor, new_tokens: int, repeats: int,
     and seconds a token of greedy decoding (:meth:`GPT.decode_greedy`, ``chunk`` tokens a call),
     in pairs taken back to back, for ``new_tokens - 2`` tokens, ``repeats`` times: each
     repetition first runs the prompt and one step untimed (the step sets the decoder up for
-    its new cache, chapter 8's C loop included). ``read[i] / step[i]`` is the fraction of the bandwidth ceiling that pair
-    ``i`` reached; pairing keeps a neighbour's load on both sides alike. ``chunk=1`` is one call
-    a token; a larger ``chunk`` measures the loop as :func:`~transformer_book.generate.generate`
-    runs it (with chapter 8's C loop, all of a call's tokens chosen in C)."""
+    its new cache, chapter 8's C loop included). ``read[i] / step[i]`` is the fraction of the
+    bandwidth ceiling that pair ``i`` reached; pairing keeps a neighbour's load on both sides
+    alike. ``chunk=1`` is one call a token; a larger ``chunk`` measures the loop as
+    :func:`~transformer_book.generate.generate` runs it (with chapter 8's C loop, all of a
+    call's tokens chosen in C)."""
     _checks.integer("new_tokens", new_tokens, 3)
     repeats, chunk = _checks.positive_int("repeats", repeats), _checks.positive_int("chunk", chunk)
     per_token = bytes_per_token(model, prompt.shape[1] + new_tokens // 2, prompt.shape[0])
