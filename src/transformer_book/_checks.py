@@ -200,6 +200,14 @@ def finite(name: str, x: Tensor) -> Tensor:
     return x
 
 
+def no_next_token(position: int) -> ValueError:
+    """The error of a greedy decoding step whose logits (of the token at ``position``) hold a NaN
+    or have no finite maximum: no next token exists. Returned for the caller to raise, so that
+    the C loop and the PyTorch loop report it in the same words."""
+    return ValueError(f"the logits at position {position} have a NaN, +inf or only -inf values: no next token "
+                      "exists (is the model's output finite?)")
+
+
 def shape_is(name: str, x: Tensor, expected: Sequence[int | None], layout: str = "") -> Tensor:
     """``x.shape`` equals ``expected`` (``None`` = any size in that dimension)."""
     ok = x.dim() == len(expected) and all(e is None or s == e for s, e in zip(x.shape, expected))

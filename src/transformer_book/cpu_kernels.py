@@ -411,8 +411,7 @@ class TokenStep:
         out = torch.empty(n, dtype=torch.int64)
         chosen = _state["greedy"](self._ptr, self._dim, self.eps, torch.get_num_threads(), n, out.data_ptr())
         if chosen < n:
-            raise ValueError(f"the logits at position {position + chosen} have a NaN, +inf or only -inf values: "
-                             "no next token exists (is the model's output finite?)")
+            raise _checks.no_next_token(position + chosen)
         return out
 
 

@@ -347,8 +347,7 @@ class GPT(nn.Module):
                 logits = self.decode_step(idx if i == 0 else tokens[:, i - 1:i], cache, check=False)  # (B, V)
                 top, tokens[:, i] = logits.max(dim=-1)  # the first maximum; a NaN is the maximum
                 if not bool(torch.isfinite(top).all()):
-                    raise ValueError(f"the logits at position {cache.length - 1} have a NaN, +inf or only -inf "
-                                     "values: no next token exists (is the model's output finite?)")
+                    raise _checks.no_next_token(cache.length - 1)
         except ValueError:
             cache.crop(start)
             raise
