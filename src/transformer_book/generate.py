@@ -128,6 +128,12 @@ def _filter(logits: Tensor, temperature: float, top_k: int | None, top_p: float 
     return logits if top_p is None else _top_p(logits, top_p)
 
 
+def _is_greedy(temperature: float, dtype: torch.dtype) -> bool:
+    """Whether sampling at ``temperature`` is greedy decoding for logits of ``dtype``: 0, or too
+    small to divide by in that dtype (below its smallest normal number)."""
+    return temperature < torch.finfo(dtype).tiny
+
+
 def _probs(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None) -> Tensor:
     """The sampling distribution of checked logits ``(..., V)``: one-hot on the argmax at temperature 0.
 
@@ -140,7 +146,7 @@ def _probs(logits: Tensor, temperature: float, top_k: int | None, top_p: float |
     if not bool(torch.isfinite(top).all()) or bool(torch.isnan(logits).any()):
         raise ValueError(f"logits of shape {tuple(logits.shape)} have a row with NaN, +inf or only -inf "
                          "values: no next-token distribution exists (is the model's output finite?)")
-    if temperature < torch.finfo(logits.dtype).tiny:  # 0, or too small to divide by in this dtype
+    if _is_greedy(temperature, logits.dtype):
         return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
     return torch.softmax(_filter(logits - top, temperature, top_k, top_p), dim=-1)
 
@@ -165,7 +171,7 @@ def sample_next_token(logits: Tensor, temperature: float = 1.0, top_k: int | Non
 def _sample(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
             generator: torch.Generator | None) -> Tensor:
     probs = _probs(logits, temperature, top_k, top_p)  # (B, V)
-    if temperature < torch.finfo(logits.dtype).tiny:  # greedy (see _probs)
+    if _is_greedy(temperature, logits.dtype):
         return probs.argmax(dim=-1, keepdim=True)
     if generator is not None and generator.device != probs.device:
         # a CPU generator with a GPU model: draw on the CPU (same tokens on every device)
@@ -260,9 +266,9 @@ def _generate_static(model: nn.Module, idx: Tensor, max_new_tokens: int, setting
     cache = model.new_cache(b, max_len=t + max_new_tokens)
     logits = model.decode_step(idx, cache)  # prefill: the whole prompt in one pass, (B, V)
     out[:, t:t + 1] = _sample(logits, *settings, generator)
-    greedy = settings[0] < torch.finfo(logits.dtype).tiny  # as _probs decides
-    if greedy and max_new_tokens > 1 and hasattr(model, "decode_greedy"):  # the ids are ours, already valid
-        out[:, t + 1:] = model.decode_greedy(out[:, t:t + 1], cache, max_new_tokens - 1, check=False)
+    if _is_greedy(settings[0], logits.dtype) and max_new_tokens > 1 and hasattr(model, "decode_greedy"):
+        out[:, t + 1:] = model.decode_greedy(out[:, t:t + 1], cache, max_new_tokens - 1,
+                                             check=False)  # the ids are ours, already valid
         return out
     for i in range(t + 1, t + max_new_tokens):  # decode: one token a step
         logits = model.decode_step(out[:, i - 1:i], cache, check=False)
