@@ -16,8 +16,8 @@
  * One running sum: each multiply-add waits for the one before it, and that
  * is fast enough, because the loads of w set the pace. Two or four
  * independent sums, which a product bound by arithmetic would want, read
- * 3 to 18 points further from the bandwidth bound on the book's machine
- * (one step a token, side by side with this kernel). */
+ * further from the bandwidth bound on the book's machine (measured side by
+ * side with this kernel). */
 static inline float dot(const float *w, const float *x, long n)
 {
     float acc = 0.0f;
@@ -35,10 +35,9 @@ static inline float dot(const float *w, const float *x, long n)
  * it and neither waits long for the other at the end (with equal halves,
  * `static`, the faster one would: on the book's 2-core machine the guided
  * split reads 2 to 8 points closer to the bandwidth bound). Measured slower
- * still, side by side: `dynamic` (16 rows at a time, taken in turns, a
- * fraction of 0.59 to 0.64 against 0.84 to 0.86), the threads starting at the
- * two ends and meeting in the middle (0.74 to 0.87 against 0.84 to 0.91), and
- * prefetching the next row (0.63 against 0.84 to 0.86). A further row of
+ * still, side by side: `dynamic` (16 rows at a time, taken in turns), the
+ * threads starting at the two ends and meeting in the middle, and
+ * prefetching the next row. A further row of
  * X reuses the row of W from the L1 cache, so W is read once whatever the
  * number of rows; but the arithmetic grows with the rows, and from about four
  * rows on a blocked matrix product (oneDNN's) is faster: the book uses this
