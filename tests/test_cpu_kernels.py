@@ -181,7 +181,9 @@ def _token_step_for(model, cache):
 @needs_kernels
 @pytest.mark.parametrize("seed", range(6))
 def test_token_step_equals_the_pytorch_step_and_writes_the_same_cache(seed):
-    """Odd widths (vector tails), grouped-query and multi-query heads, no biases, 1 to 3 threads."""
+    """Odd widths (vector tails), grouped-query and multi-query heads, no biases, 1 to 4 threads
+    (more than the cores of the book's machine: a thread waiting at a barrier must give its core
+    away, or the one it waits for may not run)."""
     from transformer_book.models import GPT, GPTConfig
 
     g = torch.Generator().manual_seed(seed)
@@ -198,7 +200,7 @@ def test_token_step_equals_the_pytorch_step_and_writes_the_same_cache(seed):
             p.add_(0.1 * torch.randn(p.shape, generator=g))
     seq = torch.randint(config.vocab_size, (1, 20), generator=g)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1 + seed % 3)
+    torch.set_num_threads(1 + seed % 4)
     try:
         with cpu_kernels.enabled(False), torch.inference_mode():
             ref_cache, cache = model.new_cache(1, 24), model.new_cache(1, 24)
@@ -416,7 +418,7 @@ def _greedy_by_steps(step, token: int, position: int, n: int) -> list:
 @pytest.mark.parametrize("seed", range(4))
 def test_greedy_in_one_call_chooses_what_step_and_argmax_choose(seed):
     """The C loop's argmax (two passes split among the threads) and its feeding of each chosen
-    token at the next position, against one C step and torch.argmax a token, 1 to 3 threads."""
+    token at the next position, against one C step and torch.argmax a token, 1 to 4 threads."""
     from transformer_book.models import GPT, GPTConfig
 
     g = torch.Generator().manual_seed(seed)
@@ -427,7 +429,7 @@ def test_greedy_in_one_call_chooses_what_step_and_argmax_choose(seed):
     with torch.no_grad():
         model.wte.weight.mul_(20.0)  # peaked logits: a long greedy run visits many different tokens
     threads = torch.get_num_threads()
-    torch.set_num_threads(1 + seed % 3)
+    torch.set_num_threads(1 + seed % 4)
     try:
         with torch.inference_mode():
             caches = [model.new_cache(1, 40) for _ in range(2)]

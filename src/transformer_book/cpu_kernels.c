@@ -9,6 +9,8 @@
  * instruction), the unrolled loop keeps several loads in flight.
  */
 #include <math.h>
+#include <omp.h>
+#include <sched.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -65,7 +67,61 @@ void gemv_f32(const float *W, const float *X, const float *b, float *Y,
  * of a GPT-2 style decoder (batch 1, float32) is one parallel region: the
  * small operations are a few loops over vectors of n_embd floats, and the
  * threads go from one product to the next through a barrier.
+ *
+ * One core alone may not draw all of the memory's bandwidth (chapter 8
+ * measures one core against two), and then every moment a core spends not
+ * reading weights is lost: waiting at a barrier, in a layer norm, in
+ * attention. So each thread owns a fixed share of every matrix's rows (it
+ * knows what it reads next), and a thread that reaches a barrier first
+ * spends the wait asking the memory for the start of its next share (a
+ * prefetch into its L2 cache): the read goes on while it waits. The small
+ * operations need no barrier of their own: every thread computes the layer
+ * norm for itself, GELU over its own rows, the largest logit of its own.
  */
+
+enum { AHEAD = 256 << 10 };  /* the most a waiting thread fetches: a quarter of a 1 MB L2 cache */
+
+/* The team's barrier: `arrived` counts the threads at it, `round` how many
+ * times it has opened. Shared by the threads of one call. */
+typedef struct { long arrived, round; } team_t;
+
+/* Wait until every thread of the team is here; meanwhile, fetch the first
+ * bytes of the share this thread reads next (up to AHEAD). A thread that
+ * waits long gives its core away (another process may need it). */
+static void wait_fetching(team_t *team, const float *next, long bytes)
+{
+    const long round = __atomic_load_n(&team->round, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&team->arrived, 1, __ATOMIC_ACQ_REL) == omp_get_num_threads()) {
+        __atomic_store_n(&team->arrived, 0, __ATOMIC_RELAXED);  /* the last one in opens it */
+        __atomic_store_n(&team->round, round + 1, __ATOMIC_RELEASE);
+        return;
+    }
+    const char *p = (const char *)next, *end = p + (bytes < AHEAD ? bytes : AHEAD);
+    for (long spin = 0; __atomic_load_n(&team->round, __ATOMIC_ACQUIRE) == round; spin++) {
+        if (p < end) {
+            __builtin_prefetch(p, 0, 2);  /* read, into L2 */
+            p += 64;                      /* a cache line */
+        } else if (spin > (1L << 14)) {
+            sched_yield();
+        }
+    }
+}
+
+/* This thread's share of n rows: [*lo, *hi). */
+static void share(long n, long *lo, long *hi)
+{
+    const long t = omp_get_thread_num(), n_threads = omp_get_num_threads();
+    *lo = n * t / n_threads;
+    *hi = n * (t + 1) / n_threads;
+}
+
+/* The start and length in bytes of this thread's share of W (n_out, n_in). */
+static void wait_fetching_share(team_t *team, const float *W, long n_out, long n_in)
+{
+    long lo, hi;
+    share(n_out, &lo, &hi);
+    wait_fetching(team, W + lo * n_in, (hi - lo) * n_in * (long)sizeof(float));
+}
 
 /* y = (x - mean) / sqrt(var + eps) * w + b, over n features (b may be NULL). */
 static void layer_norm(const float *x, const float *w, const float *b, float *y, long n, float eps)
@@ -85,8 +141,7 @@ static void layer_norm(const float *x, const float *w, const float *b, float *y,
 
 enum { STORE, ADD_TO, GELU };  /* what a product does with its outputs */
 
-/* y = GPT-2's GELU of y (tanh approximation), n floats, inside the parallel
- * region (the threads split y; a barrier at the end). libm's tanhf is one
+/* y = GPT-2's GELU of y (tanh approximation), n floats. libm's tanhf is one
  * call per float, which the stream of a product cannot hide; written with
  * exp as 2^k e^r, the loop is vectorised (16 floats an instruction with
  * AVX-512):
@@ -95,7 +150,7 @@ enum { STORE, ADD_TO, GELU };  /* what a product does with its outputs */
  * e^r, |r| <= ln(2) / 2, by its Taylor series to r^6 (error below 2e-7). */
 static void gelu(float *y, long n)
 {
-    #pragma omp for simd schedule(static)
+    #pragma omp simd
     for (long i = 0; i < n; i++) {
         const float u = y[i], z = 0.7978845608028654f * (u + 0.044715f * u * u * u);
         const float a = -2.0f * (fabsf(z) < 20.0f ? fabsf(z) : 20.0f);
@@ -110,94 +165,109 @@ static void gelu(float *y, long n)
     }
 }
 
-/* y = W x + b inside the parallel region, the rows split among the threads as
- * in gemv_f32 (guided); ADD_TO adds to y (a residual connection), GELU then
- * applies GPT-2's GELU to y. Ends with a barrier: y is complete after it. */
+/* This thread's share of y = W x + b (ADD_TO adds to y: a residual
+ * connection; GELU then applies GPT-2's GELU to those rows). No barrier:
+ * the caller waits, fetching what comes next. */
 static void product(const float *W, const float *x, const float *b, float *y, long n_out, long n_in, int mode)
 {
-    #pragma omp for schedule(guided, 16)
-    for (long o = 0; o < n_out; o++) {
+    long lo, hi;
+    share(n_out, &lo, &hi);
+    for (long o = lo; o < hi; o++) {
         const float u = dot(W + o * n_in, x, n_in) + (b ? b[o] : 0.0f);
         y[o] = mode == ADD_TO ? y[o] + u : u;
     }
     if (mode == GELU)
-        gelu(y, n_out);
+        gelu(y + lo, hi - lo);
 }
 
-/* One query head q (D floats) over the n cached keys K and values V (n, D):
- * out = softmax(q K^T / sqrt(D)) V. s holds n scores. */
-static void attend(const float *q, const float *K, const float *V, float *s, float *out, long n, long D)
+/* One query head q (D floats) over the n cached keys K and values V (n, D)
+ * and the new token's key k and value v (D each, not yet in the cache):
+ * out = softmax(q [K; k]^T / sqrt(D)) [V; v]. s holds n + 1 scores. */
+static void attend(const float *q, const float *K, const float *V, const float *k, const float *v,
+                   float *s, float *out, long n, long D)
 {
     const float scale = 1.0f / sqrtf((float)D);
     float top = -INFINITY, total = 0.0f;
-    for (long j = 0; j < n; j++) {
-        s[j] = dot(q, K + j * D, D) * scale;
+    for (long j = 0; j <= n; j++) {
+        s[j] = dot(q, j < n ? K + j * D : k, D) * scale;
         top = s[j] > top ? s[j] : top;
     }
-    for (long j = 0; j < n; j++) {
+    for (long j = 0; j <= n; j++) {
         s[j] = expf(s[j] - top);  /* the largest score becomes 1: no overflow */
         total += s[j];
     }
     for (long i = 0; i < D; i++)
         out[i] = 0.0f;
-    for (long j = 0; j < n; j++) {
-        const float a = s[j] / total, *v = V + j * D;
+    for (long j = 0; j <= n; j++) {
+        const float a = s[j] / total, *vj = j < n ? V + j * D : v;
         #pragma omp simd
         for (long i = 0; i < D; i++)
-            out[i] += a * v[i];
+            out[i] += a * vj[i];
     }
 }
 
+/* x = wte[token] + wpe[pos]: this thread's share of x's C features (the
+ * barrier after it is the caller's). */
+static void embed(float *const *ptr, const long *dim, long pos, int64_t token)
+{
+    const long C = dim[0], n_layer = dim[7];
+    const float *wte = ptr[7 + 14 * n_layer] + token * C, *wpe = ptr[8 + 14 * n_layer] + pos * C;
+    long lo, hi;
+    share(C, &lo, &hi);
+    for (long i = lo; i < hi; i++)
+        ptr[0][i] = wte[i] + wpe[i];
+}
+
 /* One token through the decoder, called by every thread of a parallel region
- * (the `omp single` and `omp for` inside bind to it): x = wte[token] + wpe[pos]
- * if token is given, every block, the final norm and the LM head into logits.
- * ptr and dim as decode_token_f32 takes them; pos is the token's position. */
-static void token_pass(float *const *ptr, const long *dim, long pos, const int64_t *token, float eps)
+ * with x (ptr[0]) complete: every block, the final norm and this thread's
+ * share of the LM head's logits (the caller waits for the rest). ptr and dim
+ * as decode_token_f32 takes them; pos is the token's position. */
+static void token_pass(float *const *ptr, const long *dim, long pos, float eps, team_t *team)
 {
     float *x = ptr[0], *scratch = ptr[1], *logits = ptr[2];
     const long C = dim[0], H = dim[1], H_kv = dim[2], D = dim[3], F = dim[4], T = dim[6];
     const long n_layer = dim[7], V = dim[8], n_qkv = C + 2 * H_kv * D;
-    float *xn = scratch, *qkv = xn + C, *att = qkv + n_qkv, *h = att + C, *s = h + F;
-    if (token) {  /* x = wte[token] + wpe[pos] */
-        #pragma omp single
-        {
-            const float *wte = ptr[7 + 14 * n_layer] + *token * C, *wpe = ptr[8 + 14 * n_layer] + pos * C;
-            for (long i = 0; i < C; i++)
-                x[i] = wte[i] + wpe[i];
-        }
-    }
+    float *qkv = scratch, *att = qkv + n_qkv, *h = att + C, *s = h + F;
+    float xn[C];  /* this thread's own layer-norm output: no barrier to share it */
+    long lo, hi;
     for (long l = 0; l < n_layer; l++) {
         float *const *w = ptr + 6 + 14 * l;
         float *keys = w[4], *values = w[5];
         /* x = x + attn(ln_1(x)) */
-        #pragma omp single
         layer_norm(x, w[0], w[1], xn, C, eps);
         product(w[2], xn, w[3], qkv, n_qkv, C, STORE);  /* q | k | v */
-        #pragma omp single
-        for (long g = 0; g < H_kv; g++) {  /* the new key and value join the cache at pos */
+        wait_fetching_share(team, w[6], C, C);
+        share(H_kv, &lo, &hi);
+        for (long g = lo; g < hi; g++) {  /* the new key and value join the cache at pos */
             memcpy(keys + (g * T + pos) * D, qkv + C + g * D, D * sizeof(float));
             memcpy(values + (g * T + pos) * D, qkv + C + (H_kv + g) * D, D * sizeof(float));
         }
-        #pragma omp for schedule(static)
-        for (long hd = 0; hd < H; hd++) {
+        share(H, &lo, &hi);
+        for (long hd = lo; hd < hi; hd++) {  /* positions 0 .. pos - 1 from the cache, pos from qkv */
             const long g = hd / (H / H_kv);  /* grouped-query: heads share a key/value head */
-            attend(qkv + hd * D, keys + g * T * D, values + g * T * D, s + hd * T, att + hd * D, pos + 1, D);
+            attend(qkv + hd * D, keys + g * T * D, values + g * T * D, qkv + C + g * D,
+                   qkv + C + (H_kv + g) * D, s + hd * T, att + hd * D, pos, D);
         }
+        wait_fetching_share(team, w[6], C, C);
         product(w[6], att, w[7], x, C, C, ADD_TO);
+        wait_fetching_share(team, w[10], F, C);
         /* x = x + mlp(ln_2(x)) */
-        #pragma omp single
         layer_norm(x, w[8], w[9], xn, C, eps);
         product(w[10], xn, w[11], h, F, C, GELU);
+        wait_fetching_share(team, w[12], C, F);
         product(w[12], h, w[13], x, C, F, ADD_TO);
+        if (l + 1 < n_layer)
+            wait_fetching_share(team, w[14 + 2], n_qkv, C);  /* the next block's W_qkv */
+        else
+            wait_fetching_share(team, ptr[5], V, C);          /* the LM head */
     }
     /* logits = ln_f(x) @ wte^T */
-    #pragma omp single
     layer_norm(x, ptr[3], ptr[4], xn, C, eps);
     product(ptr[5], xn, NULL, logits, V, C, STORE);
 }
 
 /* ptr: x (C: the token's embedding in, overwritten by the residual stream),
- *      scratch (3C + 2 H_kv D + F + H T floats), logits (V out), ln_f weight,
+ *      scratch (2C + 2 H_kv D + F + H T floats), logits (V out), ln_f weight,
  *      ln_f bias, the LM head (V, C); then 14 per layer: ln_1 weight, bias,
  *      W_qkv (C + 2 H_kv D, C), b_qkv, the layer's key and value buffers
  *      (H_kv, T, D) of the cache, W_o (C, C), b_o, ln_2 weight, bias,
@@ -211,8 +281,15 @@ static void token_pass(float *const *ptr, const long *dim, long pos, const int64
 void decode_token_f32(float *const *ptr, const long *dim, float eps, int n_threads)
 {
     const int64_t *token = (const int64_t *)ptr[6 + 14 * dim[7]];
+    team_t team = {0, 0};
     #pragma omp parallel num_threads(n_threads)
-    token_pass(ptr, dim, dim[5], token, eps);
+    {
+        if (token) {
+            embed(ptr, dim, dim[5], *token);
+            wait_fetching_share(&team, ptr[6 + 2], dim[0] + 2 * dim[2] * dim[3], dim[0]);
+        }
+        token_pass(ptr, dim, dim[5], eps, &team);
+    }  /* the region's end: every share of the logits is written */
 }
 
 /* Greedy decoding, n tokens in one call: feed the token ptr points to at
@@ -220,45 +297,55 @@ void decode_token_f32(float *const *ptr, const long *dim, float eps, int n_threa
  * on a tie, as torch.argmax), feed that at the next position, and so on; the
  * i-th token chosen goes to out[i], its logits stay in ptr[2] until the next
  * step overwrites them. Between tokens there is no Python and no waking of
- * threads: the loop runs inside one parallel region. Returns the number of
+ * threads: the loop runs inside one parallel region. Each thread finds the
+ * largest of its own share of the logits, and every thread then reads all
+ * the shares' results and makes the same choice. Returns the number of
  * tokens chosen: n, or i if the logits of step i had a NaN or no finite
  * maximum (there is no next token; the caller reports it). The token and
  * embedding pointers (the three slots after the layers) must be given. */
 long decode_greedy_f32(float *const *ptr, const long *dim, float eps, int n_threads, long n, int64_t *out)
 {
     const float *logits = ptr[2];
-    const long V = dim[8];
-    const int64_t *token = (const int64_t *)ptr[6 + 14 * dim[7]];
-    float top;       /* the step's largest logit */
-    long first;      /* its first index */
-    int bad, done = 0;
+    const long C = dim[0], V = dim[8], n_qkv = C + 2 * dim[2] * dim[3];
+    struct { float top; long first; int bad; } best[n_threads > 0 ? n_threads : 1];  /* a thread's share */
+    long chosen = n;
+    team_t team = {0, 0};
     #pragma omp parallel num_threads(n_threads)
-    for (long i = 0; i < n && !done; i++) {
-        token_pass(ptr, dim, dim[5] + i, token, eps);
-        #pragma omp single
-        {
-            top = -INFINITY;
-            bad = 0;
-            first = V;
-        }
-        #pragma omp for simd schedule(static) reduction(max:top) reduction(|:bad)
-        for (long o = 0; o < V; o++) {
-            top = logits[o] > top ? logits[o] : top;  /* a NaN never wins here ... */
-            bad |= logits[o] != logits[o];            /* ... it is flagged instead */
-        }
-        #pragma omp for simd schedule(static) reduction(min:first)
-        for (long o = 0; o < V; o++)
-            first = logits[o] == top && o < first ? o : first;
-        #pragma omp single
-        {
-            if (bad || !isfinite(top)) {
-                done = 1;
-                n = i;  /* tokens chosen before this step */
-            } else {
-                out[i] = first;
-                token = out + i;
+    {
+        const int me = omp_get_thread_num(), n_team = omp_get_num_threads();
+        int64_t token = *(const int64_t *)ptr[6 + 14 * dim[7]];
+        for (long i = 0; i < n; i++) {
+            embed(ptr, dim, dim[5] + i, token);
+            wait_fetching_share(&team, ptr[6 + 2], n_qkv, C);
+            token_pass(ptr, dim, dim[5] + i, eps, &team);
+            long lo, hi, first = V;
+            share(V, &lo, &hi);
+            float top = -INFINITY;
+            int bad = 0;
+            #pragma omp simd reduction(max:top) reduction(|:bad)
+            for (long o = lo; o < hi; o++) {
+                top = logits[o] > top ? logits[o] : top;  /* a NaN never wins here ... */
+                bad |= logits[o] != logits[o];            /* ... it is flagged instead */
             }
-        }  /* its barrier: every thread sees done and the next token */
+            #pragma omp simd reduction(min:first)
+            for (long o = lo; o < hi; o++)
+                first = logits[o] == top && o < first ? o : first;
+            best[me].top = top, best[me].first = first, best[me].bad = bad;
+            wait_fetching_share(&team, ptr[6 + 2], n_qkv, C);  /* the first block's W_qkv */
+            for (int t = 0; t < n_team; t++) {      /* the same choice in every thread */
+                bad |= best[t].bad;
+                if (best[t].top > top || (best[t].top == top && best[t].first < first))
+                    top = best[t].top, first = best[t].first;
+            }
+            if (bad || !isfinite(top)) {
+                if (me == 0)
+                    chosen = i;                     /* tokens chosen before this step */
+                break;
+            }
+            if (me == 0)
+                out[i] = first;
+            token = first;
+        }
     }
-    return n;
+    return chosen;
 }

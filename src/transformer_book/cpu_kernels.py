@@ -322,7 +322,7 @@ class TokenStep:
         self.keys, self.values = list(keys), list(values)  # what a caller compares with its cache's
         self.matrices = [m for b in blocks for m in (b.qkv, b.out, b.fc, b.proj)] + [head]  # in reading order
         self._tensors = tensors  # alive as long as the pointers below
-        self._scratch = torch.empty(3 * c + 2 * h_kv * d + f + n_head * t_max)
+        self._scratch = torch.empty(2 * c + 2 * h_kv * d + f + n_head * t_max)
         self._x = torch.empty(c)  # from_token's residual stream
         self._ptr = (ctypes.c_void_p * len(tensors))(*[None if t is None else t.data_ptr() for t in tensors])
         self._ptr[1] = self._scratch.data_ptr()
