@@ -405,6 +405,36 @@ def test_the_whole_step_reads_one_copy_of_its_matrices_remade_with_the_weights()
     assert model.__dict__["_saved_token_step"][1] is not matrices
 
 
+@needs_kernels
+@pytest.mark.parametrize("threads", [2, 3, 4])
+def test_rows_taken_from_another_thread_are_computed_once(threads):
+    """Products of hundreds of rows, so that a thread that runs out of its own rows takes the
+    back half of another's (and more threads than cores make that happen): a row computed twice
+    would add its residual twice, a row skipped would keep an old value. Every step's logits and
+    every greedy token against the PyTorch step."""
+    from transformer_book.models import GPT, GPTConfig
+
+    torch.manual_seed(threads)
+    model = GPT(GPTConfig(vocab_size=3001, block_size=64, n_layer=2, n_head=6, n_embd=384)).eval()
+    seq = torch.randint(3001, (1, 40))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            ref_cache, cache = model.new_cache(1, 64), model.new_cache(1, 64)
+            with cpu_kernels.enabled(False):
+                model.decode_step(seq[:, :8], ref_cache)
+                expected = torch.cat([model.decode_step(seq[:, t:t + 1], ref_cache) for t in range(8, 40)])
+            model.decode_step(seq[:, :8], cache)
+            step = _token_step_for(model, cache)
+            got = torch.cat([step.from_token(seq[:, t:t + 1], t) for t in range(8, 40)])
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+            first = int(seq[0, 8])
+            assert step.greedy(torch.tensor(first), 8, 24).tolist() == _greedy_by_steps(step, first, 8, 24)
+    finally:
+        torch.set_num_threads(before)
+
+
 def _greedy_by_steps(step, token: int, position: int, n: int) -> list:
     """What TokenStep.greedy must return: one from_token call and one torch.argmax per token."""
     tokens = []

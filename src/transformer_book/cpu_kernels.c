@@ -71,29 +71,91 @@ void gemv_f32(const float *W, const float *X, const float *b, float *Y,
  * One core alone may not draw all of the memory's bandwidth (chapter 8
  * measures one core against two), and then every moment a core spends not
  * reading weights is lost: waiting at a barrier, in a layer norm, in
- * attention. So each thread owns a fixed share of every matrix's rows (it
- * knows what it reads next), and a thread that reaches a barrier first
- * spends the wait asking the memory for the start of its next share (a
- * prefetch into its L2 cache): the read goes on while it waits. The small
- * operations need no barrier of their own: every thread computes the layer
- * norm for itself, GELU over its own rows, the largest logit of its own.
+ * attention. So each thread starts every product on a share of the rows
+ * known in advance (it knows what it reads next), and a thread that reaches
+ * a barrier first spends the wait asking the memory for the start of its
+ * next share (a prefetch into its L2 cache): the read goes on while it
+ * waits. A thread that runs out of rows takes the back half of what another
+ * has left (the memory may serve one core faster for a while), so the
+ * threads reach the barrier nearly together. The small operations need no
+ * barrier of their own: every thread computes the layer norm for itself,
+ * GELU over the rows it computed, the largest of its share of the logits.
  */
 
 enum { AHEAD = 256 << 10 };  /* the most a waiting thread fetches: a quarter of a 1 MB L2 cache */
+enum { CHUNK = 16 };         /* rows a thread takes at a time */
 
-/* The team's barrier: `arrived` counts the threads at it, `round` how many
- * times it has opened. Shared by the threads of one call. */
-typedef struct { long arrived, round; } team_t;
+/* The rows [first, end) of a product that one thread has yet to compute, as
+ * one 64-bit word (first in the high half), so that the owner taking rows
+ * from the front and another thread taking the back half change it with
+ * one compare-and-swap each; alone on its cache line, so that the owner's
+ * taking stays in its own L1 cache. */
+typedef struct { _Alignas(64) uint64_t rows; } rows_t;
 
-/* Wait until every thread of the team is here; meanwhile, fetch the first
- * bytes of the share this thread reads next (up to AHEAD). A thread that
- * waits long gives its core away (another process may need it). */
-static void wait_fetching(team_t *team, const float *next, long bytes)
+/* What the threads of one call share: their barrier (`arrived` counts the
+ * threads at it, `round` how many times it has opened) and the rows each
+ * has left of the product under way. */
+typedef struct { long arrived, round; rows_t *left; } team_t;
+
+static uint64_t pack(long first, long end) { return (uint64_t)first << 32 | (uint64_t)end; }
+
+/* Thread t's share of n rows: [*lo, *hi). */
+static void share_of(long t, long n, long *lo, long *hi)
+{
+    const long n_threads = omp_get_num_threads();
+    *lo = n * t / n_threads;
+    *hi = n * (t + 1) / n_threads;
+}
+
+/* This thread's share. */
+static void share(long n, long *lo, long *hi) { share_of(omp_get_thread_num(), n, lo, hi); }
+
+/* Take the next rows of r from the front, at most CHUNK: [*lo, *hi); 0 if
+ * there are none. */
+static int take_front(rows_t *r, long *lo, long *hi)
+{
+    uint64_t old = __atomic_load_n(&r->rows, __ATOMIC_ACQUIRE), new;
+    do {
+        *lo = (long)(old >> 32), *hi = (long)(old & 0xffffffff);
+        if (*lo >= *hi)
+            return 0;
+        *hi = *lo + CHUNK < *hi ? *lo + CHUNK : *hi;
+        new = pack(*hi, (long)(old & 0xffffffff));
+    } while (!__atomic_compare_exchange_n(&r->rows, &old, new, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+    return 1;
+}
+
+/* Take the back half of r: [*lo, *hi); 0 if fewer than 2 CHUNK rows are
+ * left (its owner finishes them sooner than another thread could start). */
+static int take_back_half(rows_t *r, long *lo, long *hi)
+{
+    uint64_t old = __atomic_load_n(&r->rows, __ATOMIC_ACQUIRE), new;
+    do {
+        const long first = (long)(old >> 32);
+        *hi = (long)(old & 0xffffffff);
+        if (*hi - first < 2 * CHUNK)
+            return 0;
+        *lo = *hi - (*hi - first) / 2;
+        new = pack(first, *lo);
+    } while (!__atomic_compare_exchange_n(&r->rows, &old, new, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+    return 1;
+}
+
+/* Wait until every thread of the team is here, then give each thread its
+ * share of the next product's n_out rows; meanwhile, fetch the first bytes
+ * of the share this thread reads next (up to AHEAD). A thread that waits
+ * long gives its core away (another process may need it). */
+static void wait_fetching(team_t *team, long n_out, const float *next, long bytes)
 {
     const long round = __atomic_load_n(&team->round, __ATOMIC_ACQUIRE);
-    if (__atomic_add_fetch(&team->arrived, 1, __ATOMIC_ACQ_REL) == omp_get_num_threads()) {
-        __atomic_store_n(&team->arrived, 0, __ATOMIC_RELAXED);  /* the last one in opens it */
-        __atomic_store_n(&team->round, round + 1, __ATOMIC_RELEASE);
+    const long n_threads = omp_get_num_threads();
+    if (__atomic_add_fetch(&team->arrived, 1, __ATOMIC_ACQ_REL) == n_threads) {
+        for (long t = 0, lo, hi; t < n_threads; t++) {  /* the last one in deals the rows ... */
+            share_of(t, n_out, &lo, &hi);
+            __atomic_store_n(&team->left[t].rows, pack(lo, hi), __ATOMIC_RELAXED);
+        }
+        __atomic_store_n(&team->arrived, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&team->round, round + 1, __ATOMIC_RELEASE);  /* ... and opens the barrier */
         return;
     }
     const char *p = (const char *)next, *end = p + (bytes < AHEAD ? bytes : AHEAD);
@@ -107,20 +169,12 @@ static void wait_fetching(team_t *team, const float *next, long bytes)
     }
 }
 
-/* This thread's share of n rows: [*lo, *hi). */
-static void share(long n, long *lo, long *hi)
-{
-    const long t = omp_get_thread_num(), n_threads = omp_get_num_threads();
-    *lo = n * t / n_threads;
-    *hi = n * (t + 1) / n_threads;
-}
-
-/* The start and length in bytes of this thread's share of W (n_out, n_in). */
+/* wait_fetching before the product of W (n_out, n_in). */
 static void wait_fetching_share(team_t *team, const float *W, long n_out, long n_in)
 {
     long lo, hi;
     share(n_out, &lo, &hi);
-    wait_fetching(team, W + lo * n_in, (hi - lo) * n_in * (long)sizeof(float));
+    wait_fetching(team, n_out, W + lo * n_in, (hi - lo) * n_in * (long)sizeof(float));
 }
 
 /* y = (x - mean) / sqrt(var + eps) * w + b, over n features (b may be NULL). */
@@ -165,19 +219,32 @@ static void gelu(float *y, long n)
     }
 }
 
-/* This thread's share of y = W x + b (ADD_TO adds to y: a residual
- * connection; GELU then applies GPT-2's GELU to those rows). No barrier:
- * the caller waits, fetching what comes next. */
-static void product(const float *W, const float *x, const float *b, float *y, long n_out, long n_in, int mode)
+/* y = W x + b (ADD_TO adds to y: a residual connection; GELU then applies
+ * GPT-2's GELU), the rows dealt out at the barrier before it: a thread
+ * computes its own CHUNK rows at a time, front to back; then it takes the
+ * back half of another's rest, which becomes its own (and can be halved
+ * again), until nobody has 2 CHUNK rows left. No barrier at the end: the
+ * caller waits, fetching what comes next. */
+static void product(team_t *team, const float *W, const float *x, const float *b, float *y, long n_in,
+                    int mode)
 {
-    long lo, hi;
-    share(n_out, &lo, &hi);
-    for (long o = lo; o < hi; o++) {
-        const float u = dot(W + o * n_in, x, n_in) + (b ? b[o] : 0.0f);
-        y[o] = mode == ADD_TO ? y[o] + u : u;
+    const long me = omp_get_thread_num(), n_threads = omp_get_num_threads();
+    rows_t *mine = &team->left[me];
+    long lo, hi, k = 1;  /* when its own are done, it takes from thread (me + k) % n_threads */
+    for (;;) {
+        if (take_front(mine, &lo, &hi)) {
+            for (long o = lo; o < hi; o++) {
+                const float u = dot(W + o * n_in, x, n_in) + (b ? b[o] : 0.0f);
+                y[o] = mode == ADD_TO ? y[o] + u : u;
+            }
+            if (mode == GELU)
+                gelu(y + lo, hi - lo);
+        } else if (k < n_threads && take_back_half(&team->left[(me + k) % n_threads], &lo, &hi)) {
+            __atomic_store_n(&mine->rows, pack(lo, hi), __ATOMIC_RELEASE);
+        } else if (++k >= n_threads) {
+            return;
+        }
     }
-    if (mode == GELU)
-        gelu(y + lo, hi - lo);
 }
 
 /* One query head q (D floats) over the n cached keys K and values V (n, D)
@@ -219,8 +286,8 @@ static void embed(float *const *ptr, const long *dim, long pos, int64_t token)
 }
 
 /* One token through the decoder, called by every thread of a parallel region
- * with x (ptr[0]) complete: every block, the final norm and this thread's
- * share of the LM head's logits (the caller waits for the rest). ptr and dim
+ * right after a barrier, with x (ptr[0]) complete: every block, the final
+ * norm and the LM head's logits (the caller waits for them all). ptr and dim
  * as decode_token_f32 takes them; pos is the token's position. */
 static void token_pass(float *const *ptr, const long *dim, long pos, float eps, team_t *team)
 {
@@ -235,7 +302,7 @@ static void token_pass(float *const *ptr, const long *dim, long pos, float eps, 
         float *keys = w[4], *values = w[5];
         /* x = x + attn(ln_1(x)) */
         layer_norm(x, w[0], w[1], xn, C, eps);
-        product(w[2], xn, w[3], qkv, n_qkv, C, STORE);  /* q | k | v */
+        product(team, w[2], xn, w[3], qkv, C, STORE);  /* q | k | v */
         wait_fetching_share(team, w[6], C, C);
         share(H_kv, &lo, &hi);
         for (long g = lo; g < hi; g++) {  /* the new key and value join the cache at pos */
@@ -249,13 +316,13 @@ static void token_pass(float *const *ptr, const long *dim, long pos, float eps, 
                    qkv + C + (H_kv + g) * D, s + hd * T, att + hd * D, pos, D);
         }
         wait_fetching_share(team, w[6], C, C);
-        product(w[6], att, w[7], x, C, C, ADD_TO);
+        product(team, w[6], att, w[7], x, C, ADD_TO);
         wait_fetching_share(team, w[10], F, C);
         /* x = x + mlp(ln_2(x)) */
         layer_norm(x, w[8], w[9], xn, C, eps);
-        product(w[10], xn, w[11], h, F, C, GELU);
+        product(team, w[10], xn, w[11], h, C, GELU);
         wait_fetching_share(team, w[12], C, F);
-        product(w[12], h, w[13], x, C, F, ADD_TO);
+        product(team, w[12], h, w[13], x, F, ADD_TO);
         if (l + 1 < n_layer)
             wait_fetching_share(team, w[14 + 2], n_qkv, C);  /* the next block's W_qkv */
         else
@@ -263,7 +330,7 @@ static void token_pass(float *const *ptr, const long *dim, long pos, float eps, 
     }
     /* logits = ln_f(x) @ wte^T */
     layer_norm(x, ptr[3], ptr[4], xn, C, eps);
-    product(ptr[5], xn, NULL, logits, V, C, STORE);
+    product(team, ptr[5], xn, NULL, logits, C, STORE);
 }
 
 /* ptr: x (C: the token's embedding in, overwritten by the residual stream),
@@ -281,15 +348,15 @@ static void token_pass(float *const *ptr, const long *dim, long pos, float eps, 
 void decode_token_f32(float *const *ptr, const long *dim, float eps, int n_threads)
 {
     const int64_t *token = (const int64_t *)ptr[6 + 14 * dim[7]];
-    team_t team = {0, 0};
+    rows_t left[n_threads > 0 ? n_threads : 1];
+    team_t team = {0, 0, left};
     #pragma omp parallel num_threads(n_threads)
     {
-        if (token) {
+        if (token)
             embed(ptr, dim, dim[5], *token);
-            wait_fetching_share(&team, ptr[6 + 2], dim[0] + 2 * dim[2] * dim[3], dim[0]);
-        }
+        wait_fetching_share(&team, ptr[6 + 2], dim[0] + 2 * dim[2] * dim[3], dim[0]);  /* block 0's W_qkv */
         token_pass(ptr, dim, dim[5], eps, &team);
-    }  /* the region's end: every share of the logits is written */
+    }  /* the region's end: every logit is written */
 }
 
 /* Greedy decoding, n tokens in one call: feed the token ptr points to at
@@ -309,7 +376,8 @@ long decode_greedy_f32(float *const *ptr, const long *dim, float eps, int n_thre
     const long C = dim[0], V = dim[8], n_qkv = C + 2 * dim[2] * dim[3];
     struct { float top; long first; int bad; } best[n_threads > 0 ? n_threads : 1];  /* a thread's share */
     long chosen = n;
-    team_t team = {0, 0};
+    rows_t left[n_threads > 0 ? n_threads : 1];
+    team_t team = {0, 0, left};
     #pragma omp parallel num_threads(n_threads)
     {
         const int me = omp_get_thread_num(), n_team = omp_get_num_threads();
@@ -318,6 +386,7 @@ long decode_greedy_f32(float *const *ptr, const long *dim, float eps, int n_thre
             embed(ptr, dim, dim[5] + i, token);
             wait_fetching_share(&team, ptr[6 + 2], n_qkv, C);
             token_pass(ptr, dim, dim[5] + i, eps, &team);
+            wait_fetching_share(&team, ptr[6 + 2], n_qkv, C);  /* every logit written */
             long lo, hi, first = V;
             share(V, &lo, &hi);
             float top = -INFINITY;

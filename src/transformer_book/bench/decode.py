@@ -580,8 +580,8 @@ def run(args) -> int:
     out = args.out or DEFAULT_OUT[settings.device]
     progress = lambda msg: print(msg, flush=True)  # noqa: E731
     if settings.device == "cpu" and os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
-        progress("note: OMP_WAIT_POLICY=PASSIVE: idle threads sleep between a step's parallel products and "
-                 "wake slowly; unset it to measure what this machine can do")
+        progress("note: OMP_WAIT_POLICY=PASSIVE: OpenMP's idle threads sleep between the decoder's calls "
+                 "and wake slowly at the start of each; unset it to measure what this machine can do")
     try:
         if settings.device == "cpu":
             record = run_cpu_benchmark(settings, progress)
