@@ -285,6 +285,16 @@ static void embed(float *const *ptr, const long *dim, long pos, int64_t token)
         ptr[0][i] = wte[i] + wpe[i];
 }
 
+/* The start of a token, in every thread: x = wte[token] + wpe[pos] if a
+ * token is given (otherwise x holds the embedding already), then the barrier
+ * before block 0's W_qkv. */
+static void begin_token(float *const *ptr, const long *dim, long pos, const int64_t *token, team_t *team)
+{
+    if (token)
+        embed(ptr, dim, pos, *token);
+    wait_fetching_share(team, ptr[6 + 2], dim[0] + 2 * dim[2] * dim[3], dim[0]);
+}
+
 /* One token through the decoder, called by every thread of a parallel region
  * right after a barrier, with x (ptr[0]) complete: every block, the final
  * norm and the LM head's logits (the caller waits for them all). ptr and dim
@@ -352,9 +362,7 @@ void decode_token_f32(float *const *ptr, const long *dim, float eps, int n_threa
     team_t team = {0, 0, left};
     #pragma omp parallel num_threads(n_threads)
     {
-        if (token)
-            embed(ptr, dim, dim[5], *token);
-        wait_fetching_share(&team, ptr[6 + 2], dim[0] + 2 * dim[2] * dim[3], dim[0]);  /* block 0's W_qkv */
+        begin_token(ptr, dim, dim[5], token, &team);
         token_pass(ptr, dim, dim[5], eps, &team);
     }  /* the region's end: every logit is written */
 }
@@ -383,8 +391,7 @@ long decode_greedy_f32(float *const *ptr, const long *dim, float eps, int n_thre
         const int me = omp_get_thread_num(), n_team = omp_get_num_threads();
         int64_t token = *(const int64_t *)ptr[6 + 14 * dim[7]];
         for (long i = 0; i < n; i++) {
-            embed(ptr, dim, dim[5] + i, token);
-            wait_fetching_share(&team, ptr[6 + 2], n_qkv, C);
+            begin_token(ptr, dim, dim[5] + i, &token, &team);
             token_pass(ptr, dim, dim[5] + i, eps, &team);
             wait_fetching_share(&team, ptr[6 + 2], n_qkv, C);  /* every logit written */
             long lo, hi, first = V;
