@@ -289,6 +289,8 @@ def test_killed_worker_restarts_from_checkpoint_to_identical_weights(two_process
     restarted = json.loads((tmp_path / D.RESULT).read_text())
     assert restarted["restarts"] == 1 and restarted["resumed_from_step"] == 10
     assert "attempt 1" in job.stdout
+    # one node: the rendezvous store bound a free port itself (no port chosen in advance to lose)
+    assert "--rdzv-endpoint=127.0.0.1:0" in job.command
     assert restarted["losses"] == two["losses"]
     assert restarted["digest"] == two["digest"]  # bit for bit the weights of the run that never failed
 

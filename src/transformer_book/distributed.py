@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -666,20 +667,32 @@ def _kill(pids: list[int]) -> None:
                 kill(target, signal.SIGKILL)
 
 
+_JOBS = itertools.count()  # numbers this process's jobs: each rendezvous gets an id of its own
+
+
 def launch(script_args: list[str], nproc: int = 2, *, max_restarts: int = 0, timeout: float = 120.0,
            nnodes: int = 1, node_rank: int = 0, rdzv: str = "c10d", port: int | None = None,
            cwd: str | None = None) -> Launch:
     """Run ``torchrun ... -m transformer_book.distributed <script_args>`` as a subprocess and wait.
 
-    One thread per worker (``OMP_NUM_THREADS=1``), loopback rendezvous on a free port. Whatever
-    happens (a timeout, an exception here), the job is torn down before this returns: torchrun
-    is asked to stop its workers (SIGTERM), then every process of the job still there is
-    killed, so nothing is left behind. ``Launch.pids`` lists the processes it saw.
+    One thread per worker (``OMP_NUM_THREADS=1``), rendezvous on the loopback interface. On one
+    node (c10d) the rendezvous store binds whatever port is free itself (``127.0.0.1:0``, as
+    ``torchrun --standalone`` does); a port chosen first and bound later by torchrun, seconds
+    after its start, could meanwhile be taken by another process on a busy machine. Several
+    nodes must agree on a port in advance: ``port``, else :func:`free_port`. Whatever happens (a
+    timeout, an exception here), the job is torn down before this returns: torchrun is asked to
+    stop its workers (SIGTERM), then every process of the job still there is killed, so nothing
+    is left behind. ``Launch.pids`` lists the processes it saw.
     """
     _checks.number("timeout", timeout, 0.0, low_open=True)
-    port = free_port() if port is None else _checks.integer("port", port, low=1, high=65535)
+    if port is not None:
+        port = _checks.integer("port", port, low=1, high=65535)
+    elif nnodes == 1 and rdzv == "c10d":
+        port = 0  # the store picks a free port as it binds: nothing to lose in between
+    else:
+        port = free_port()
     command = torchrun_command(script_args, nproc, nnodes=nnodes, node_rank=node_rank, max_restarts=max_restarts,
-                               rdzv=rdzv, endpoint=f"127.0.0.1:{port}", run_id=f"a1-{port}")
+                               rdzv=rdzv, endpoint=f"127.0.0.1:{port}", run_id=f"a1-{os.getpid()}-{next(_JOBS)}")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
     src = str(Path(__file__).resolve().parents[1])  # the package's own checkout, for the workers
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
