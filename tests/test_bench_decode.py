@@ -61,6 +61,10 @@ def test_interleaved_rotates_the_order_and_median_ratio():
 
 def test_bandwidth_and_bound_pairs():
     assert bd.measure_bandwidth(4, 2) > 1e8  # bytes/s: any machine reads more than 100 MB/s
+    with pytest.raises(ValueError, match="mib must be a positive int, got 0"):
+        bd.measure_bandwidth(0)
+    with pytest.raises(TypeError, match="repeats must be a positive int, got float"):
+        bd.measure_bandwidth(4, 2.0)
     _, ours = bd.gpt2_pair(bd.DecodeSettings(**TINY))
     read, step = bd.bound_pairs(ours, torch.zeros(1, 4, dtype=torch.long), 5, 2)
     assert len(read) == len(step) == 2 * 3 and min(read + step) > 0  # 5 - 2 timed tokens a repetition
@@ -81,6 +85,7 @@ def test_cpu_record_has_every_target_side_by_side(record, tmp_path):
     assert len(record["results"]["batch1"]["seconds"]["book"]) == 2
     assert set(record["results"]["bound"]) == {"float32", "bfloat16"}
     assert record["provenance"]["torch_threads"] == 2 and "loadavg_before" in record["provenance"]["machine"]
+    assert "transparent_hugepage" in record["provenance"]["machine"]  # "always [madvise] never" on Linux
     path = bd.write_record(record, tmp_path / "sub" / "decode.json")
     assert bd.load_record(path) == json.loads(json.dumps(record))
     assert not list(tmp_path.glob("sub/*.tmp"))

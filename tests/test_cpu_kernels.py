@@ -22,7 +22,15 @@ def test_gemv_equals_f_linear(seed):
     n_in, n_out = (int(n) for n in torch.randint(1, 300, (2,), generator=g))  # odd sizes: vector tails
     x, w, b = torch.randn(rows, n_in, generator=g), torch.randn(n_out, n_in, generator=g), torch.randn(n_out, generator=g)
     for bias in (b, None):
-        torch.testing.assert_close(cpu_kernels.gemv(x, w, bias), F.linear(x, w, bias), rtol=1e-5, atol=1e-5)
+        # against float64, within the rounding bound of any float32 sum of n_in + 1 terms
+        # (Higham's gamma_n: n u |x| |w|^T, u = 2^-24), which a product that skipped or
+        # repeated a term (a vector tail, a row) would exceed
+        b64 = None if bias is None else bias.double()
+        exact = F.linear(x.double(), w.double(), b64)
+        bound = (n_in + 1) * 2**-24 * F.linear(x.double().abs(), w.double().abs(),
+                                               None if bias is None else b64.abs())
+        assert ((cpu_kernels.gemv(x, w, bias).double() - exact).abs() <= bound).all()
+        assert ((F.linear(x, w, bias).double() - exact).abs() <= bound).all()  # the bound holds for PyTorch too
 
 
 @needs_kernels
@@ -358,11 +366,53 @@ def test_a_small_model_keeps_the_pytorch_step_and_asks_once():
     assert step is None and matrices is None and weights is model.prepare_decoding()
 
 
+def _huge_page_kb(address: int) -> int | None:
+    """AnonHugePages (kB) of the mapping of this process that holds ``address`` (Linux smaps)."""
+    with open("/proc/self/smaps") as f:
+        inside = False
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                start, end = (int(a, 16) for a in head.split("-"))
+                inside = start <= address < end
+            elif inside and head == "AnonHugePages:":
+                return int(line.split()[1])
+    return None
+
+
+def _thp_allowed() -> bool:
+    path = "/sys/kernel/mm/transparent_hugepage/enabled"
+    return os.path.exists(path) and "[never]" not in open(path).read()
+
+
+def test_on_huge_pages_gives_zeroed_float32_memory_on_2mb_pages():
+    numel = 3 * cpu_kernels.HUGE_PAGE // 4 + 5  # three huge pages and a bit
+    t = cpu_kernels.on_huge_pages(numel)
+    assert t.dtype == torch.float32 and t.shape == (numel,) and t.is_contiguous()
+    assert not t.any()  # zeroed
+    t.fill_(1.5)  # writable, and every page touched
+    assert float(t.sum()) == 1.5 * numel
+    if sys.platform.startswith("linux"):
+        assert t.data_ptr() % cpu_kernels.HUGE_PAGE == 0  # starts on a huge page's boundary
+        if _thp_allowed():
+            assert _huge_page_kb(t.data_ptr()) >= 2048  # the kernel gave it 2 MB pages
+    view = t[-3:]
+    del t  # the view alone keeps the mapping alive
+    view.fill_(2.0)
+    assert view.tolist() == [2.0, 2.0, 2.0]
+    with pytest.raises(ValueError, match="numel must be a positive int, got 0"):
+        cpu_kernels.on_huge_pages(0)
+    with pytest.raises(TypeError, match="numel must be a positive int, got float"):
+        cpu_kernels.on_huge_pages(2.0)
+
+
 def test_in_reading_order_copies_end_to_end_in_one_block():
     torch.manual_seed(0)
     tensors = [torch.randn(3, 5), torch.randn(7), torch.randn(2, 2, 2)]
     copies = cpu_kernels.in_reading_order(tensors)
     start = copies[0].data_ptr()
+    if sys.platform.startswith("linux"):
+        assert start % cpu_kernels.HUGE_PAGE == 0  # the block of cpu_kernels.on_huge_pages
     for t, c, offset in zip(tensors, copies, (0, 15, 22)):
         assert torch.equal(c, t) and c.shape == t.shape and c.is_contiguous()
         assert c.data_ptr() == start + 4 * offset  # laid one after the other, in the order given

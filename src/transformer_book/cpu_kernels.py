@@ -10,7 +10,8 @@ which measures all of them) gets much closer, because it does nothing but stream
 :func:`gemv` is ``F.linear(x, w, bias)`` for a few rows of ``x``, ``w`` in ``nn.Linear``'s own
 ``(out, in)`` layout (no copy of the weights). :class:`TokenStep` is a whole decoding step of a
 GPT-2 style decoder (batch 1) in one call: the products and the small operations between them;
-:func:`in_reading_order` lays the matrices it reads end to end in one block. The C source is
+:func:`in_reading_order` lays the matrices it reads end to end in one block, on 2 MB pages where the
+system gives them (:func:`on_huge_pages`). The C source is
 compiled once per machine with the system's C compiler (``$CC``, else ``cc`` or ``gcc``;
 :data:`FLAGS`) into the book's cache directory (:func:`transformer_book.cache_root`), written
 atomically and checked against ``torch`` each time it is loaded (rebuilt if the file is bad).
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import mmap
 import os
 import platform
 import shutil
@@ -38,8 +40,8 @@ from torch import Tensor
 
 from transformer_book import _checks, cache_root
 
-__all__ = ["SOURCE", "FLAGS", "MAX_ROWS", "available", "enabled", "whole_step", "whole_step_enabled", "status",
-           "library_path", "gemv", "in_reading_order", "BlockWeights", "TokenStep"]
+__all__ = ["SOURCE", "FLAGS", "MAX_ROWS", "HUGE_PAGE", "available", "enabled", "whole_step", "whole_step_enabled",
+           "status", "library_path", "gemv", "on_huge_pages", "in_reading_order", "BlockWeights", "TokenStep"]
 
 #: The kernel's C source, shipped with the package.
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
@@ -227,20 +229,49 @@ def gemv(x: Tensor, w: Tensor, bias: Tensor | None = None, *, check: bool = True
     return _gemv(_need_library() if check else _state["fn"], x, w, bias)
 
 
+#: Bytes in a transparent huge page on x86-64 (and on arm64 with 4 KB base pages).
+HUGE_PAGE = 2 << 20
+
+
+def on_huge_pages(numel: int) -> Tensor:
+    """A float32 tensor of ``numel`` zeros in memory that Linux is asked to back with 2 MB pages
+    (``madvise(MADV_HUGEPAGE)``: transparent huge pages, where the system allows them); an
+    ordinary ``torch.zeros`` elsewhere.
+
+    A stream through memory needs the address translation of every page it reads. With 4 KB
+    pages a 500 MB read crosses 122,000 of them, each a miss in the TLB whose walk, in a virtual
+    machine, goes through two page tables (the guest's and the host's); with 2 MB pages it
+    crosses 240. On some of the book's virtual machines ``torch.sum`` reads such a block much
+    faster than ordinary memory, on others hardly (chapter 8 measures both in each run). The
+    memory is an anonymous mapping, released when the last tensor viewing it is gone."""
+    numel = _checks.positive_int("numel", numel)
+    advise = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advise is None or not hasattr(mmap.mmap, "madvise"):  # not Linux: ordinary memory
+        return torch.zeros(numel)
+    size = numel * 4
+    # private and anonymous (shared memory has THP settings of its own, usually off); zeroed;
+    # one huge page more, to start on a 2 MB boundary
+    region = mmap.mmap(-1, size + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    start = -ctypes.addressof(ctypes.c_char.from_buffer(region)) % HUGE_PAGE
+    with contextlib.suppress(OSError):  # THP switched off ("never"): 4 KB pages, still correct
+        region.madvise(advise, start, size)
+    return torch.frombuffer(region, dtype=torch.float32, count=numel, offset=start)  # keeps region alive
+
+
 def in_reading_order(tensors: Sequence[Tensor]) -> list[Tensor]:
     """Copies of ``tensors`` (float32, CPU) laid end to end in one block of memory allocated for
-    them, in the order given: the matrices of a decoding step stored the way the step reads them,
-    one stream from the first byte to the last. On the book's virtual machine the model's own
-    tensors, allocated one by one while the model was built and loaded, mostly read a few points
-    slower than such a block (chapter 8 measures both in each run); the price is a second copy of
-    the weights, made once per set of weights."""
+    them (:func:`on_huge_pages`), in the order given: the matrices of a decoding step stored the
+    way the step reads them, one stream from the first byte to the last. On the book's virtual
+    machines the model's own tensors, allocated one by one on 4 KB pages while the model was
+    built and loaded, read slower than such a block (chapter 8 measures both in each run); the
+    price is a second copy of the weights, made once per set of weights."""
     _checks.instance("tensors", tensors, Sequence, "a sequence of float32 CPU tensors")
     if not tensors:
         raise ValueError("tensors must hold at least one tensor, got an empty sequence")
     for i, t in enumerate(tensors):
         _check_float32_cpu(**{f"tensors[{i}]": _checks.tensor(f"tensors[{i}]", t)})
     with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, whatever the caller's mode
-        block = torch.empty(sum(t.numel() for t in tensors))
+        block = on_huge_pages(sum(t.numel() for t in tensors))
         copies, start = [], 0
         for t in tensors:
             copies.append(block[start:start + t.numel()].view(t.shape).copy_(t))

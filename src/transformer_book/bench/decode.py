@@ -147,9 +147,13 @@ def gpt2_pair(settings: DecodeSettings, dtype: torch.dtype = torch.float32):
 
 def measure_bandwidth(mib: int = 512, repeats: int = 5) -> float:
     """Memory read bandwidth in bytes/s: the median time to sum a ``mib`` MiB float32 tensor
-    (far larger than the caches, so every byte comes from memory)."""
-    x = torch.ones(mib * 2**20 // 4)
-    x.sum()  # touch every page once
+    (far larger than the caches, so every byte comes from memory), on 2 MB pages where the
+    system gives them (:func:`~transformer_book.cpu_kernels.on_huge_pages`), as the C decoding
+    step's own copy of its weights: the best read this machine offers, not one it happens to
+    give an allocation on 4 KB pages."""
+    _checks.positive_int("mib", mib)
+    _checks.positive_int("repeats", repeats)
+    x = cpu_kernels.on_huge_pages(mib * 2**20 // 4).fill_(1.0)  # every page touched once
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -200,18 +204,18 @@ def _hf_generate(hf, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
 def bound_pairs(model: GPT, prompt: torch.Tensor, new_tokens: int, repeats: int,
                 chunk: int = 1) -> tuple[list, list]:
     """``(read, step)``: seconds a token to read (sum) as many bytes as one decoding step reads,
-    and seconds a token of greedy decoding (:meth:`GPT.decode_greedy`, ``chunk`` tokens a call),
-    in pairs taken back to back, for ``new_tokens - 2`` tokens, ``repeats`` times: each
-    repetition first runs the prompt and one step untimed (the step sets the decoder up for
-    its new cache, chapter 8's C loop included). ``read[i] / step[i]`` is the fraction of the
-    bandwidth ceiling that pair ``i`` reached; pairing keeps a neighbour's load on both sides
-    alike. ``chunk=1`` is one call a token; a larger ``chunk`` measures the loop as
-    :func:`~transformer_book.generate.generate` runs it (with chapter 8's C loop, all of a
-    call's tokens chosen in C)."""
+    on 2 MB pages as :func:`measure_bandwidth` reads them, and seconds a token of greedy
+    decoding (:meth:`GPT.decode_greedy`, ``chunk`` tokens a call), in pairs taken back to back,
+    for ``new_tokens - 2`` tokens, ``repeats`` times: each repetition first runs the prompt and
+    one step untimed (the step sets the decoder up for its new cache, chapter 8's C loop
+    included). ``read[i] / step[i]`` is the fraction of the bandwidth ceiling that pair ``i``
+    reached; pairing keeps a neighbour's load on both sides alike. ``chunk=1`` is one call a
+    token; a larger ``chunk`` measures the loop as :func:`~transformer_book.generate.generate`
+    runs it (with chapter 8's C loop, all of a call's tokens chosen in C)."""
     _checks.integer("new_tokens", new_tokens, 3)
     repeats, chunk = _checks.positive_int("repeats", repeats), _checks.positive_int("chunk", chunk)
     per_token = bytes_per_token(model, prompt.shape[1] + new_tokens // 2, prompt.shape[0])
-    block = torch.ones(per_token // 4)  # float32: as many bytes as a step reads
+    block = cpu_kernels.on_huge_pages(per_token // 4).fill_(1.0)  # as many bytes as a step reads
     block.sum()
     read, step = [], []
     for r in range(repeats):
@@ -267,7 +271,12 @@ def _machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    try:  # whether the 2 MB pages of the ceiling's buffer and the step's copy could be had
+        huge_pages = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().strip()
+    except OSError:
+        huge_pages = None
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "transparent_hugepage": huge_pages,
+            "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
 # ----------------------------------------------------------------------------------------
