@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -381,8 +382,8 @@ def _huge_page_kb(address: int) -> int | None:
 
 
 def _thp_allowed() -> bool:
-    path = "/sys/kernel/mm/transparent_hugepage/enabled"
-    return os.path.exists(path) and "[never]" not in open(path).read()
+    path = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    return path.exists() and "[never]" not in path.read_text()
 
 
 def test_on_huge_pages_gives_zeroed_float32_memory_on_2mb_pages():

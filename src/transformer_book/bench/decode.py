@@ -148,9 +148,8 @@ def gpt2_pair(settings: DecodeSettings, dtype: torch.dtype = torch.float32):
 def measure_bandwidth(mib: int = 512, repeats: int = 5) -> float:
     """Memory read bandwidth in bytes/s: the median time to sum a ``mib`` MiB float32 tensor
     (far larger than the caches, so every byte comes from memory), on 2 MB pages where the
-    system gives them (:func:`~transformer_book.cpu_kernels.on_huge_pages`), as the C decoding
-    step's own copy of its weights: the best read this machine offers, not one it happens to
-    give an allocation on 4 KB pages."""
+    system gives them (:func:`~transformer_book.cpu_kernels.on_huge_pages`), like the C decoding
+    step's own copy of its weights: the ceiling and the step read the same kind of memory."""
     _checks.positive_int("mib", mib)
     _checks.positive_int("repeats", repeats)
     x = cpu_kernels.on_huge_pages(mib * 2**20 // 4).fill_(1.0)  # every page touched once
